@@ -1,0 +1,1 @@
+"""Datasets: the GUE registry and loader, and synthetic GUE-shaped data."""
