@@ -1,0 +1,189 @@
+"""The ``ablate`` command. Thin: parse options, call one function per verb, print the result.
+
+Errors a user can fix (``AblateError``) are printed without a traceback, exit status 2. Heavy
+libraries are imported inside the verbs, so ``ablate --help`` and ``ablate data check`` start
+fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ablate.errors import AblateError
+
+app = typer.Typer(
+    help="Fair, distributed ablation studies of DNA language models on GUE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect GUE folders and generate synthetic GUE-shaped data.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print an AblateError as one clear message and exit 2, with no traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AblateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+@data_app.command("check")
+@_user_errors
+def data_check(
+    directory: Annotated[Path, typer.Argument(help="GUE root: <dir>/<group>/<dataset>/*.csv")],
+) -> None:
+    """Validate a GUE folder and list its datasets, rows per split and what is missing."""
+    from rich.table import Table
+
+    from ablate.data.gue import SPLITS, scan_gue_dir
+
+    statuses = scan_gue_dir(directory)
+    table = Table(title=f"GUE datasets in {directory}")
+    table.add_column("dataset")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    table.add_column("status")
+    for status in statuses:
+        counts = [
+            "missing" if status.rows[s] is None else f"{status.rows[s]:,}" for s in SPLITS
+        ]
+        state = "complete" if status.complete else f"incomplete ({', '.join(status.missing)})"
+        table.add_row(status.key, *counts, state)
+    console = _console()
+    console.print(table)
+    complete = sum(s.complete for s in statuses)
+    train_missing = sum("train" in s.missing for s in statuses)
+    console.print(
+        f"{len(statuses)} datasets found: {complete} complete, "
+        f"{train_missing} with train missing, {len(statuses) - complete} incomplete in all"
+    )
+
+
+@data_app.command("synth")
+@_user_errors
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write GUE-shaped data into")],
+    scale: Annotated[float, typer.Option(help="dataset sizes times this factor")] = 0.05,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    task: Annotated[
+        list[str] | None, typer.Option(help="only this dataset (repeatable), e.g. tf/0")
+    ] = None,
+) -> None:
+    """Write SYNTHETIC GUE-shaped data (same layout, lengths, classes; planted motifs)."""
+    from ablate.data.synthetic import write_synthetic_gue
+
+    start = time.perf_counter()
+    root = write_synthetic_gue(out_dir, scale=scale, seed=seed, tasks=task or None)
+    print(
+        f"wrote synthetic GUE-shaped data (not real GUE) to {root} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+
+
+@app.command("run")
+@_user_errors
+def run(
+    study: Annotated[Path, typer.Argument(help="study spec (YAML)")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start Ray locally)")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Ray Tune storage path or URL (default: work_dir)")
+    ] = None,
+    gue_dir: Annotated[
+        Path | None, typer.Option(help="read real GUE from this folder instead of the spec's data")
+    ] = None,
+) -> None:
+    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow."""
+    from ablate.spec import expand_cells, load_study
+
+    spec = load_study(study)
+    cells = expand_cells(spec)
+    print(
+        f"study {spec.name}: {len(cells)} cells x {spec.budget.trials_per_cell} trials, "
+        f"up to {spec.budget.max_epochs} epochs, {spec.budget.concurrent_trials} at once"
+    )
+    from ablate.sweep import run_study
+
+    start = time.perf_counter()
+    result = run_study(
+        spec,
+        address=address,
+        tracking_uri=tracking_uri,
+        storage=storage,
+        gue_dir=str(gue_dir) if gue_dir else None,
+        progress=lambda msg: print(f"  {msg}", flush=True),
+    )
+    print(
+        f"finished {result.num_trials} trials ({result.num_errors} failed) in "
+        f"{time.perf_counter() - start:.0f} s; sweep {result.sweep} in {result.tracking_uri}"
+    )
+
+
+@app.command("report")
+@_user_errors
+def report(
+    study: Annotated[Path, typer.Argument(help="study spec (YAML)")],
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
+    ] = None,
+) -> None:
+    """Query MLflow for the study's latest sweep and write report.md, cells.csv and a plot."""
+    from rich.table import Table
+
+    from ablate.report import write_report
+    from ablate.spec import load_study
+
+    spec = load_study(study)
+    uri = tracking_uri or spec.tracking.uri
+    out_dir = out or Path("reports") / spec.name
+    result = write_report(uri, spec.name, out_dir)
+    table = Table(title=f"study {spec.name} (sweep {result.sweep})")
+    for column in ("cell", "trials", "best dev MCC", "wall s", "FLOPs"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    for row in result.cells.itertuples():
+        table.add_row(
+            row.cell, str(row.trials), f"{row.best_dev_mcc:.4f}", f"{row.wall_seconds:.1f}",
+            f"{row.flops:.3g}",
+        )
+    console = _console()
+    console.print(table)
+    console.print(f"report: {result.markdown.resolve()}")
+    if uri.startswith("sqlite:") or "://" not in uri:
+        console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open the URL shown)")
+    else:
+        console.print(f"MLflow UI: {uri}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,155 @@
+"""Names of the architectures and their presets, and the one function that builds a model.
+
+Importing this module does not import torch or transformers (the architecture modules are
+imported when a model is built), so specs and the CLI can check names cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from ablate.errors import AblateError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ablate.models.heads import SequenceClassifier
+
+ARCHITECTURES: tuple[str, ...] = ("convnova", "transformer")
+
+# Config values of each preset; build arguments and overrides are applied on top.
+_PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "convnova": {
+        # small enough for CPU tests
+        "tiny": {"hidden_size": 32, "kernel_size": 9, "n_layers": 4, "dilation_base": 2,
+                 "d_inner": 2, "ffn": False},
+        # the released Nucleotide Transformer benchmark configuration (~1.69M parameters)
+        "nt": {"hidden_size": 128, "kernel_size": 9, "n_layers": 5, "dilation_base": 4,
+               "d_inner": 2, "ffn": False},
+    },
+    "transformer": {
+        "tiny": {"hidden_size": 64, "n_layers": 2, "n_heads": 2, "intermediate_size": 128},
+        "small": {"hidden_size": 256, "n_layers": 4, "n_heads": 4, "intermediate_size": 1024},
+    },
+}
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    arch: tuple(presets) for arch, presets in _PRESET_VALUES.items()
+}
+
+# Set from build arguments (the data decides them), so not overridable.
+_FROM_ARGUMENTS = ("vocab_size", "max_len", "pad_id", "complement_ids")
+
+
+def _config_class(architecture: str) -> type:
+    if architecture == "convnova":
+        from ablate.models.convnova import ConvNovaConfig
+
+        return ConvNovaConfig
+    from ablate.models.transformer import TransformerConfig
+
+    return TransformerConfig
+
+
+def _check_names(architecture: str, preset: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise AblateError(
+            f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
+        )
+    if preset not in PRESETS[architecture]:
+        raise AblateError(
+            f"unknown preset {preset!r} for architecture {architecture!r}; "
+            f"choose one of: {', '.join(PRESETS[architecture])}"
+        )
+
+
+def build_encoder(
+    architecture: str,
+    *,
+    preset: str,
+    vocab_size: int,
+    max_len: int,
+    pad_id: int = 3,
+    dropout: float = 0.1,
+    complement_ids: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build an encoder (token ids -> B x L x hidden_size); see `build_classifier`."""
+    _check_names(architecture, preset)
+    config_class = _config_class(architecture)
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    allowed = [name for name in fields if name not in _FROM_ARGUMENTS]
+    for name in overrides or {}:
+        if name not in allowed:
+            raise AblateError(
+                f"unknown {architecture} config field {name!r} in overrides; "
+                f"allowed fields: {', '.join(allowed)}"
+            )
+
+    values: dict[str, Any] = dict(_PRESET_VALUES[architecture][preset])
+    values.update(vocab_size=vocab_size, pad_id=pad_id, dropout=dropout)
+    if "max_len" in fields:
+        values["max_len"] = max_len
+    if "complement_ids" in fields:
+        values["complement_ids"] = complement_ids
+    values.update(overrides or {})
+    try:
+        config = config_class(**values)
+    except TypeError as error:  # e.g. a string where a number belongs
+        raise AblateError(f"bad {architecture} config value in overrides: {error}") from error
+
+    if architecture == "convnova":
+        from ablate.models.convnova import ConvNova
+
+        return ConvNova(config)
+    from ablate.models.transformer import TransformerEncoder
+
+    return TransformerEncoder(config)
+
+
+def build_classifier(
+    architecture: str,
+    *,
+    preset: str,
+    vocab_size: int,
+    num_classes: int,
+    max_len: int,
+    pad_id: int = 3,
+    dropout: float = 0.1,
+    complement_ids: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SequenceClassifier:
+    """Build an encoder with masked mean pooling and a classification head.
+
+    architecture: one of `ARCHITECTURES`.
+    preset: one of `PRESETS[architecture]`.
+    vocab_size: the tokenizer's vocabulary size.
+    num_classes: number of labels.
+    max_len: longest input in tokens (used by the transformer's position table; ConvNova has
+        no length limit).
+    pad_id: the tokenizer's padding id.
+    dropout: dropout of the encoder and of the head (overrides may set the encoder's apart).
+    complement_ids: ConvNova's token -> base-complement token table (ignored by others).
+    overrides: config field values replacing the preset's, e.g. {"n_layers": 6}.
+
+    Raises AblateError for an unknown architecture, preset or override field.
+    """
+    from ablate.models.heads import SequenceClassifier
+
+    encoder = build_encoder(
+        architecture,
+        preset=preset,
+        vocab_size=vocab_size,
+        max_len=max_len,
+        pad_id=pad_id,
+        dropout=dropout,
+        complement_ids=complement_ids,
+        overrides=overrides,
+    )
+    return SequenceClassifier(encoder, num_classes, dropout)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of `module` (shared parameters counted once)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,260 @@
+"""Tokenize a split once into Parquet shards, then stream it as many times as trials need.
+
+A shard set is a folder holding ``part-00000.parquet``, ``part-00001.parquet``, ... and a
+``manifest.json`` (``ShardManifest``). The folder's name is a content hash of everything that
+determines its bytes: the source file's sha256, the tokenizer's hash and the base-pair cut. An
+unchanged input is therefore never tokenized twice, and a changed one never reuses stale shards.
+
+Writes are atomic: shards and manifest are written into a temporary sibling folder that is
+renamed into place only when complete, so a crash leaves no half-written shard set behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ablate.errors import AblateError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """What a shard set holds and where it came from."""
+
+    source: str
+    source_sha256: str
+    tokenizer_hash: str
+    length_bp: int
+    num_rows: int
+    max_tokens: int
+    files: tuple[str, ...]
+    format_version: int = FORMAT_VERSION
+
+    @staticmethod
+    def read(folder: Path) -> ShardManifest:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise AblateError(f"{folder}: no {MANIFEST}; not a shard set (re-run the study)")
+        data = json.loads(path.read_text())
+        data["files"] = tuple(data["files"])
+        return ShardManifest(**data)
+
+    def paths(self, folder: Path) -> list[str]:
+        return [str(Path(folder) / name) for name in self.files]
+
+
+def shard_key(source_sha256: str, tokenizer_hash: str, length_bp: int) -> str:
+    """The cache key of a shard set: a hash of everything that determines its contents."""
+    text = f"v{FORMAT_VERSION}:{source_sha256}:{tokenizer_hash}:{length_bp}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_shards(
+    sequences: list[str],
+    labels: np.ndarray,
+    tokenizer: Tokenizer,
+    *,
+    root: Path,
+    source: str,
+    source_sha256: str,
+    tokenizer_hash: str,
+    length_bp: int,
+    rows_per_shard: int = 50_000,
+) -> Path:
+    """Tokenize ``sequences`` (cut to ``length_bp`` bases) into a shard set under ``root``.
+
+    Returns the shard set's folder. If a shard set with the same key already exists it is
+    returned as is, without tokenizing anything.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(root) / shard_key(source_sha256, tokenizer_hash, length_bp)
+    if (folder / MANIFEST).is_file():
+        return folder
+    if len(sequences) != len(labels):
+        raise ValueError("sequences and labels differ in length")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        files = []
+        max_tokens = 0
+        for start in range(0, max(len(sequences), 1), rows_per_shard):
+            chunk = [s[:length_bp] for s in sequences[start : start + rows_per_shard]]
+            encodings = tokenizer.encode_batch_fast(chunk) if chunk else []
+            ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+            max_tokens = max(max_tokens, int(lengths.max(initial=0)))
+            offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+            table = pa.table(
+                {
+                    "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+                    "label": pa.array(labels[start : start + rows_per_shard], type=pa.int32()),
+                }
+            )
+            name = f"part-{len(files):05d}.parquet"
+            pq.write_table(table, staging / name)
+            files.append(name)
+        manifest = ShardManifest(
+            source=source,
+            source_sha256=source_sha256,
+            tokenizer_hash=tokenizer_hash,
+            length_bp=length_bp,
+            num_rows=len(sequences),
+            max_tokens=max_tokens,
+            files=tuple(files),
+        )
+        (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            # Another process finished the same shard set first; theirs is identical.
+            if not (folder / MANIFEST).is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def pad_token_lists(
+    offsets: np.ndarray, values: np.ndarray, pad_id: int, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a flattened list column (Arrow offsets + values) into padded ids and a mask."""
+    lengths = np.diff(offsets)
+    width = int(lengths.max(initial=1)) if width is None else width
+    rows = len(lengths)
+    ids = np.full((rows, width), pad_id, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    ids[mask] = values[offsets[0] : offsets[-1]]
+    return ids, mask.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """Everything a trial needs to read one task tokenized one way (plain types, picklable)."""
+
+    task: str
+    tokenizer: str
+    tokenizer_path: str
+    vocab_size: int
+    num_classes: int
+    length_bp: int
+    token_limit: int
+    splits: dict[str, str]  # split name -> shard-set folder
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_task_inputs(
+    gue_root: Path,
+    task: str,
+    choice_value: str,
+    *,
+    work_dir: Path,
+    kmer_k: int = 6,
+    bpe_vocab_size: int = 4096,
+    base_dir: Path | None = None,
+) -> TaskInputs:
+    """Tokenize one task's splits with one tokenizer into cached shard sets.
+
+    A trained BPE tokenizer is fitted on the train split only (never dev or test) and cached
+    under ``work_dir/tokenizers`` keyed by the train file's checksum and the vocabulary size.
+    """
+    from ablate.data.gue import SPLITS, get_dataset, read_split, split_path
+    from ablate.tokenization import (
+        build_tokenizer,
+        load_tokenizer,
+        parse_tokenizer_choice,
+        token_limit,
+        tokenizer_hash,
+    )
+
+    dataset = get_dataset(task)
+    choice = parse_tokenizer_choice(choice_value, default_k=kmer_k, base_dir=base_dir)
+    present = [s for s in SPLITS if split_path(gue_root, task, s).is_file()]
+    for required in ("train", "dev"):
+        if required not in present:
+            raise AblateError(
+                f"{split_path(gue_root, task, required)}: task {task} has no {required} split; "
+                "a study needs train and dev (pick a complete dataset: `ablate data check DIR`)"
+            )
+    loaded = {split: read_split(gue_root, task, split) for split in present}
+
+    train = loaded["train"]
+    if choice.kind == "bpe" and choice.path is None:
+        tok_dir = Path(work_dir) / "tokenizers" / task / (
+            f"bpe{bpe_vocab_size}-{train.sha256[:16]}"
+        )
+        tok_file = tok_dir / "tokenizer.json"
+        if tok_file.is_file():
+            tokenizer = load_tokenizer(tok_file)
+        else:
+            tokenizer = build_tokenizer(
+                choice,
+                train_sequences=(s[: dataset.length_bp] for s in train.sequences),
+                bpe_vocab_size=bpe_vocab_size,
+            )
+            _atomic_write_text(tok_file, tokenizer.to_str(pretty=True))
+    else:
+        tokenizer = build_tokenizer(choice)
+        tok_file = Path(work_dir) / "tokenizers" / f"{choice.label.replace(':', '-')}" / (
+            f"{tokenizer_hash(tokenizer)[:16]}.json"
+        )
+        if not tok_file.is_file():
+            _atomic_write_text(tok_file, tokenizer.to_str(pretty=True))
+    tok_hash = tokenizer_hash(tokenizer)
+
+    splits = {}
+    for split, data in loaded.items():
+        folder = write_shards(
+            data.sequences,
+            data.labels,
+            tokenizer,
+            root=Path(work_dir) / "shards" / task / split,
+            source=str(data.path),
+            source_sha256=data.sha256,
+            tokenizer_hash=tok_hash,
+            length_bp=dataset.length_bp,
+        )
+        splits[split] = str(folder)
+    return TaskInputs(
+        task=task,
+        tokenizer=choice_value,
+        tokenizer_path=str(tok_file),
+        vocab_size=tokenizer.get_vocab_size(),
+        num_classes=dataset.num_classes,
+        length_bp=dataset.length_bp,
+        token_limit=token_limit(choice, dataset.length_bp),
+        splits=splits,
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

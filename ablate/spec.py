@@ -1,0 +1,323 @@
+"""Study and search-space specs: loaded from YAML, validated before anything expensive starts.
+
+A study spec names the ablation axes (architecture x pretraining x tokenizer x task), the budget
+every cell gets, and where data and tracking live::
+
+    name: smoke
+    data: {gue_dir: PATH, tasks: [prom/prom_core_tata]}  # or data: {synthetic: {scale: 0.05}, ...}
+    axes: {architecture: [convnova, transformer], pretraining: [none], tokenizer: [char, bpe]}
+    budget: {trials_per_cell: 4, max_epochs: 2, concurrent_trials: 2}
+    seed: 0
+    tracking: {uri: sqlite:///mlruns.db}
+
+Relative paths in a spec are resolved against the spec file's folder, and ``${VAR}`` is expanded
+from the environment. Every mistake raises ``AblateError`` naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ablate.errors import AblateError
+
+ARCHITECTURES = ("convnova", "transformer")
+PRETRAINING = ("none",)
+DEFAULT_SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticData(_Strict):
+    """Generate GUE-shaped synthetic data (planted motifs) instead of reading real GUE."""
+
+    scale: float = Field(0.05, gt=0, le=10, description="dataset sizes times this factor")
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    gue_dir: str | None = Field(None, description="root of GUE/<group>/<dataset>/*.csv")
+    synthetic: SyntheticData | None = None
+    tasks: list[str] = Field(min_length=1, description="GUE dataset keys, e.g. tf/0")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.gue_dir is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.gue_dir or data.synthetic")
+        return self
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        from ablate.data.gue import REGISTRY
+
+        unknown = [t for t in tasks if t not in REGISTRY]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; allowed: {sorted(REGISTRY)}")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("tasks are listed more than once")
+        return tasks
+
+
+class AxesSpec(_Strict):
+    architecture: list[str] = Field(min_length=1)
+    pretraining: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    tokenizer: list[str] = Field(min_length=1)
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architectures(cls, values: list[str]) -> list[str]:
+        return _check_allowed(values, ARCHITECTURES)
+
+    @field_validator("pretraining")
+    @classmethod
+    def _known_pretraining(cls, values: list[str]) -> list[str]:
+        return _check_allowed(values, PRETRAINING)
+
+
+class BudgetSpec(_Strict):
+    trials_per_cell: int = Field(ge=1, description="Optuna trials every cell gets")
+    max_epochs: int = Field(ge=1, description="the most epochs any trial trains (max fidelity)")
+    concurrent_trials: int = Field(2, ge=1, description="trials running at once, all cells")
+    grace_epochs: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/rf of trials per rung")
+    startup_trials: int | None = Field(
+        None, ge=1, description="random trials before TPE models a cell (default: half budget)"
+    )
+
+    @model_validator(mode="after")
+    def _grace_within_max(self) -> BudgetSpec:
+        if self.grace_epochs > self.max_epochs:
+            raise ValueError("budget.grace_epochs must not exceed budget.max_epochs")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    gpu: float = Field(0.0, ge=0, description="GPUs (or a fraction) per trial")
+
+
+class TokenizerOptions(_Strict):
+    kmer_k: int = Field(6, ge=1, le=8, description="k for the plain 'kmer' axis value")
+    bpe_vocab_size: int = Field(4096, ge=16, description="vocabulary of a trained 'bpe'")
+
+
+class ModelChoice(_Strict):
+    preset: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrackingSpec(_Strict):
+    uri: str = "sqlite:///mlruns.db"
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataSpec
+    axes: AxesSpec
+    budget: BudgetSpec
+    seed: int = 0
+    tracking: TrackingSpec = TrackingSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tokenizers: TokenizerOptions = TokenizerOptions()
+    models: dict[str, ModelChoice] = Field(default_factory=dict)
+    search_space_dir: str | None = None
+    work_dir: str = ".ablate"
+    metric: Literal["best_dev_mcc"] = "best_dev_mcc"
+    # Set by load_study: the folder relative paths are resolved against.
+    base_dir: str = "."
+
+    @field_validator("models")
+    @classmethod
+    def _known_model_keys(cls, value: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
+        _check_allowed(list(value), ARCHITECTURES)
+        return value
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the spec: expand ``${VAR}`` and ``~``, relative to the spec."""
+        return _resolve(value, Path(self.base_dir))
+
+    @property
+    def work_path(self) -> Path:
+        return self.path(self.work_dir)
+
+    @property
+    def search_space_path(self) -> Path:
+        if self.search_space_dir is None:
+            return DEFAULT_SEARCH_SPACE_DIR
+        return self.path(self.search_space_dir)
+
+
+def _check_allowed(values: list[str], allowed: tuple[str, ...]) -> list[str]:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown value(s) {unknown}; allowed: {list(allowed)}")
+    if len(set(values)) != len(values):
+        raise ValueError("a value is listed more than once")
+    return values
+
+
+def _resolve(value: str, base: Path) -> Path:
+    expanded = os.path.expandvars(value)
+    missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", expanded)
+    if missing:
+        raise AblateError(f"environment variable {missing[0]} in {value!r} is not set")
+    path = Path(expanded).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid study spec"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling (see README: study spec)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_study(data: Any, *, source: str = "<spec>", base_dir: Path | None = None) -> StudySpec:
+    """Validate an already-parsed YAML document as a study spec."""
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise AblateError(f"{source}: a study spec must be a YAML mapping, got {kind}")
+    if "base_dir" in data:
+        raise AblateError(f"{source}: base_dir: unknown key; check the spelling")
+    data = {**data, "base_dir": str(base_dir or Path.cwd())}
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise AblateError(_format_validation_error(source, exc)) from None
+    # Tokenizer values need the spec's folder for bpe:PATH, so they are checked here.
+    from ablate.tokenization import parse_tokenizer_choice
+
+    for value in spec.axes.tokenizer:
+        try:
+            parse_tokenizer_choice(
+                value, default_k=spec.tokenizers.kmer_k, base_dir=Path(spec.base_dir)
+            )
+        except AblateError as exc:
+            raise AblateError(f"{source}: axes.tokenizer: {exc}") from None
+    return spec
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AblateError(f"{path}: study spec not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AblateError(f"{path}: not valid YAML ({exc})") from None
+    return parse_study(data, source=str(path), base_dir=path.resolve().parent)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the scientific axes; every cell is searched with the same budget."""
+
+    architecture: str
+    pretraining: str
+    tokenizer: str
+    task: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}|{self.pretraining}|{self.tokenizer}|{self.task}"
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "ablate.cell": self.name,
+            "ablate.architecture": self.architecture,
+            "ablate.pretraining": self.pretraining,
+            "ablate.tokenizer": self.tokenizer,
+            "ablate.task": self.task,
+        }
+
+
+def expand_cells(spec: StudySpec) -> list[Cell]:
+    """The study's cells in a stable order: task, then architecture, pretraining, tokenizer."""
+    return [
+        Cell(arch, pre, tok, task)
+        for task in spec.data.tasks
+        for arch in spec.axes.architecture
+        for pre in spec.axes.pretraining
+        for tok in spec.axes.tokenizer
+    ]
+
+
+# --- search spaces -------------------------------------------------------------------------
+
+
+class ParamSpec(_Strict):
+    """One nuisance hyperparameter: a float/int range (optionally log) or a categorical."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+        else:
+            if self.low is None or self.high is None or self.low > self.high:
+                raise ValueError("a float/int parameter needs 'low' <= 'high'")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scaled parameter needs 'low' > 0")
+        return self
+
+
+TRAINING_PARAMS = ("learning_rate", "weight_decay", "dropout", "warmup_ratio", "batch_size")
+
+
+class SearchSpace(_Strict):
+    """``search_spaces/<architecture>.yaml``: the model preset and the nuisance ranges."""
+
+    architecture: str
+    preset: str
+    params: dict[str, ParamSpec]
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        unknown = [p for p in params if p not in TRAINING_PARAMS]
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; allowed: {list(TRAINING_PARAMS)}")
+        return params
+
+
+def load_search_space(directory: Path, architecture: str) -> SearchSpace:
+    path = Path(directory) / f"{architecture}.yaml"
+    if not path.is_file():
+        raise AblateError(
+            f"{path}: search space for architecture {architecture!r} not found; "
+            "set search_space_dir in the study spec or add the file"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+        space = SearchSpace.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise AblateError(f"{path}: not valid YAML ({exc})") from None
+    except ValidationError as exc:
+        raise AblateError(_format_validation_error(str(path), exc)) from None
+    if space.architecture != architecture:
+        raise AblateError(
+            f"{path}: architecture is {space.architecture!r}, expected {architecture!r}"
+        )
+    return space

@@ -1,0 +1,407 @@
+"""Run a study as one Ray Tune experiment: one Optuna study per cell, ASHA per cell.
+
+Ray Tune's ``OptunaSearch`` cannot take grid axes and nested Tune runs are unsupported, so the
+whole study is one Tuner whose searcher (``CellSearcher``) keeps one seeded Optuna study per cell
+and hands out trials so that cells stay level, and whose scheduler (``CellScheduler``) runs one
+ASHA instance per cell, so early stopping only ever compares trials of the same cell. One
+experiment then fills the cluster and keeps every cell's budget exactly equal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from ablate.errors import AblateError
+from ablate.spec import Cell, ParamSpec, SearchSpace, StudySpec
+
+METRIC = "best_dev_mcc"
+MODE = "max"
+
+
+def sample_params(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Draw one value per nuisance hyperparameter from an Optuna trial (define-by-run)."""
+    values: dict[str, Any] = {}
+    for name, p in params.items():
+        if p.type == "float":
+            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+        else:
+            values[name] = trial.suggest_categorical(name, p.choices)
+    return values
+
+
+@dataclass
+class _Issued:
+    cell: str
+    trial: optuna.trial.Trial
+    last_step: int = 0
+
+
+class CellSearcher(Searcher):
+    """Hands out trials from one Optuna study per cell, keeping every cell's budget equal.
+
+    Each cell's study uses a TPE sampler with the same seed and the same ranges, so cells differ
+    only in their scientific axes. ``suggest`` picks the cell with the fewest issued trials, so
+    cells advance level; it returns ``None`` while ``max_concurrent`` trials are running and
+    ``Searcher.FINISHED`` once every cell has issued its budget and every trial has been told to
+    its study. Trials that ASHA stopped early are told to Optuna as PRUNED (with their last
+    value as an intermediate value), not as COMPLETE, so truncated scores never mislead TPE.
+    Errored trials are told as FAIL and count toward the budget: failures are counted, never
+    silently re-rolled.
+    """
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        spaces: dict[str, SearchSpace],
+        trial_templates: dict[str, dict[str, Any]],
+        *,
+        trials_per_cell: int,
+        max_epochs: int,
+        max_concurrent: int,
+        seed: int,
+        startup_trials: int | None = None,
+    ) -> None:
+        super().__init__(metric=METRIC, mode=MODE)
+        self.cell_names = [c.name for c in cells]
+        self.cell_arch = {c.name: c.architecture for c in cells}
+        self.spaces = spaces
+        self.templates = trial_templates
+        self.trials_per_cell = trials_per_cell
+        self.max_epochs = max_epochs
+        self.max_concurrent = max_concurrent
+        self.seed = seed
+        n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.studies = {
+            name: optuna.create_study(
+                study_name=name,
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup),
+            )
+            for name in self.cell_names
+        }
+        self.issued = {name: 0 for name in self.cell_names}
+        self.live: dict[str, _Issued] = {}
+
+    # --- Tune's interface -------------------------------------------------------------------
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # Concurrency is counted here; returning True turns Tune's limiter into a pass-through.
+        self.max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if len(self.live) >= self.max_concurrent:
+            return None
+        open_cells = [c for c in self.cell_names if self.issued[c] < self.trials_per_cell]
+        if not open_cells:
+            return Searcher.FINISHED if not self.live else None
+        cell = min(open_cells, key=lambda c: self.issued[c])  # stable: ties keep cell order
+        trial = self.studies[cell].ask()
+        hparams = sample_params(trial, self.spaces[self.cell_arch[cell]].params)
+        self.issued[cell] += 1
+        self.live[trial_id] = _Issued(cell, trial)
+        return {
+            **self.templates[cell],
+            "cell": cell,
+            "hparams": hparams,
+            "optuna_trial": trial.number,
+            # Replicate pairing: the n-th trial of every cell trains with the same seed.
+            "seed": self.seed * 100_003 + trial.number,
+            "max_epochs": self.max_epochs,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        issued = self.live.get(trial_id)
+        if issued is not None and self.metric in result:
+            self._report(issued, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        issued = self.live.pop(trial_id, None)
+        if issued is None:
+            return
+        study = self.studies[issued.cell]
+        if error or not result or self.metric not in result:
+            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            return
+        # The result that made ASHA stop a trial never reached on_trial_result: record it here.
+        self._report(issued, result)
+        if int(result.get("training_iteration", 0)) < self.max_epochs:
+            study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(issued.trial, float(result[self.metric]))
+
+    @staticmethod
+    def _report(issued: _Issued, result: dict) -> None:
+        step = int(result.get("training_iteration", 0))
+        if step > issued.last_step:
+            issued.trial.report(float(result[METRIC]), step=step)
+            issued.last_step = step
+
+    # --- state -------------------------------------------------------------------------------
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+class CellScheduler(FIFOScheduler):
+    """One ASHA instance per cell: a trial is only ever compared with trials of its own cell."""
+
+    def __init__(self, cell_names: list[str], *, max_t: int, grace_period: int, rf: float):
+        super().__init__()
+        self.per_cell = {
+            name: AsyncHyperBandScheduler(
+                time_attr="training_iteration",
+                metric=METRIC,
+                mode=MODE,
+                max_t=max_t,
+                grace_period=grace_period,
+                reduction_factor=rf,
+            )
+            for name in cell_names
+        }
+
+    def _for(self, trial: Any) -> AsyncHyperBandScheduler:
+        return self.per_cell[trial.config["cell"]]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if trial.status in ("TERMINATED", "ERROR"):  # restored, already finished
+            return
+        self._for(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        scheduler = self._for(trial)
+        if trial.trial_id not in scheduler._trial_info:
+            return TrialScheduler.CONTINUE
+        return scheduler.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        scheduler = self._for(trial)
+        if trial.trial_id in scheduler._trial_info:
+            scheduler.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        scheduler = self._for(trial)
+        if trial.trial_id in scheduler._trial_info:
+            scheduler.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        stopped = sum(s._num_stopped for s in self.per_cell.values())
+        return f"ASHA per cell ({len(self.per_cell)} cells): {stopped} trials stopped early"
+
+
+# --- running a study ------------------------------------------------------------------------
+
+
+@dataclass
+class StudyRun:
+    """What ``run_study`` returns: where things landed."""
+
+    experiment_id: str
+    sweep: str
+    tracking_uri: str
+    storage_path: str
+    num_trials: int
+    num_errors: int
+
+
+def resolve_gue_dir(spec: StudySpec, gue_dir: str | None = None) -> Path:
+    """The GUE root a study reads: the given one, the spec's, or synthetic data it generates."""
+    from ablate.data.synthetic import write_synthetic_gue
+
+    if gue_dir is not None:
+        return Path(gue_dir).expanduser().resolve()
+    if spec.data.gue_dir is not None:
+        return spec.path(spec.data.gue_dir)
+    syn = spec.data.synthetic
+    out = spec.work_path / "synthetic" / f"scale{syn.scale:g}-seed{syn.seed}"
+    return write_synthetic_gue(out, scale=syn.scale, seed=syn.seed, tasks=spec.data.tasks)
+
+
+def prepare_inputs(
+    spec: StudySpec, gue_root: Path, progress: Callable[[str], None] = print
+) -> dict[tuple[str, str], dict]:
+    """Tokenize and shard every (task, tokenizer) pair of the study, before Ray starts."""
+    from ablate.shards import prepare_task_inputs
+
+    if not gue_root.is_dir():
+        raise AblateError(f"{gue_root}: GUE folder not found (data.gue_dir or --gue-dir)")
+    inputs = {}
+    for task in spec.data.tasks:
+        for tokenizer in spec.axes.tokenizer:
+            progress(f"preparing {task} with tokenizer {tokenizer}")
+            inputs[(task, tokenizer)] = prepare_task_inputs(
+                gue_root,
+                task,
+                tokenizer,
+                work_dir=spec.work_path,
+                kmer_k=spec.tokenizers.kmer_k,
+                bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+                base_dir=Path(spec.base_dir),
+            ).as_dict()
+    return inputs
+
+
+def trial_templates(
+    spec: StudySpec, cells: list[Cell], spaces: dict[str, SearchSpace], inputs: dict
+) -> dict[str, dict]:
+    templates = {}
+    for cell in cells:
+        choice = spec.models.get(cell.architecture)
+        preset = (choice.preset if choice and choice.preset else None) or spaces[
+            cell.architecture
+        ].preset
+        templates[cell.name] = {
+            "inputs": inputs[(cell.task, cell.tokenizer)],
+            "model": {
+                "architecture": cell.architecture,
+                "preset": preset,
+                "overrides": dict(choice.overrides) if choice else {},
+            },
+        }
+    return templates
+
+
+def init_ray(address: str | None, spec: StudySpec) -> None:
+    """Connect to a cluster, or start local Ray with one CPU more than the trials reserve.
+
+    Ray Data's read tasks run outside the trials' reservations: if trials held every CPU, reads
+    would wait forever. Locally we therefore advertise at least one spare CPU.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return
+    needed = math.ceil(spec.budget.concurrent_trials * spec.resources.cpu) + 1
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, needed),
+        logging_level="WARNING",
+        include_dashboard=False,
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    gue_dir: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> StudyRun:
+    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from ablate.spec import expand_cells, load_search_space
+    from ablate.tracking import MLflowTrialLogger, get_or_create_experiment, open_cell_runs
+    from ablate.training import train_trial
+
+    cells = expand_cells(spec)
+    spaces = {
+        arch: load_search_space(spec.search_space_path, arch) for arch in spec.axes.architecture
+    }
+    gue_root = resolve_gue_dir(spec, gue_dir)
+    inputs = prepare_inputs(spec, gue_root, progress)
+    templates = trial_templates(spec, cells, spaces, inputs)
+
+    tracking_uri = tracking_uri or spec.tracking.uri
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_or_create_experiment(client, spec.name)
+    sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    data_tag = (
+        f"gue:{gue_root}"
+        if gue_dir is not None or spec.data.synthetic is None
+        else f"synthetic:scale={spec.data.synthetic.scale:g},seed={spec.data.synthetic.seed}"
+    )
+    extra_tags = {"ablate.data": data_tag}
+    cell_runs = open_cell_runs(client, experiment_id, spec.name, sweep, cells, extra_tags)
+    logger = MLflowTrialLogger(
+        tracking_uri,
+        experiment_id,
+        spec.name,
+        sweep,
+        {c.name: c for c in cells},
+        cell_runs,
+        spec.budget.max_epochs,
+        extra_tags,
+    )
+
+    searcher = CellSearcher(
+        cells,
+        spaces,
+        templates,
+        trials_per_cell=spec.budget.trials_per_cell,
+        max_epochs=spec.budget.max_epochs,
+        max_concurrent=spec.budget.concurrent_trials,
+        seed=spec.seed,
+        startup_trials=spec.budget.startup_trials,
+    )
+    scheduler = CellScheduler(
+        [c.name for c in cells],
+        max_t=spec.budget.max_epochs,
+        grace_period=spec.budget.grace_epochs,
+        rf=spec.budget.reduction_factor,
+    )
+    storage_path = storage or str(spec.work_path / "ray_results")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).resolve())
+
+    init_ray(address, spec)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=sweep,
+            storage_path=storage_path,
+            callbacks=[logger],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    status = "FAILED"
+    try:
+        results = tuner.fit()
+        status = "FINISHED"
+    finally:
+        logger.close_cells(status)
+    return StudyRun(
+        experiment_id=experiment_id,
+        sweep=sweep,
+        tracking_uri=tracking_uri,
+        storage_path=storage_path,
+        num_trials=len(results),
+        num_errors=results.num_errors,
+    )

@@ -1,0 +1,287 @@
+"""The trainable: one Ray Tune trial fits one configuration of one cell.
+
+``train_trial(config)`` is a plain function in the style of Ray Tune's examples: it reads the
+cell's shards through Ray Data, trains on train, evaluates dev after every epoch, and calls
+``tune.report`` with dev metrics, cost (wall seconds, FLOPs) and a checkpoint. Search, resources
+and scheduling live outside it (``ablate.sweep``).
+
+The config it receives (built by ``ablate.sweep.CellSearcher``) has these keys:
+``cell`` (name), ``inputs`` (``TaskInputs.as_dict()``), ``model`` ({architecture, preset,
+overrides}), ``hparams`` (learning_rate, weight_decay, dropout, warmup_ratio, batch_size),
+``max_epochs`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_HPARAMS = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.01,
+    "dropout": 0.1,
+    "warmup_ratio": 0.1,
+    "batch_size": 64,
+}
+GRAD_CLIP_NORM = 1.0
+
+
+@dataclass
+class SplitTensors:
+    """A whole split, padded to one width, ready for batching (GUE splits fit in memory)."""
+
+    input_ids: Any  # torch.LongTensor [N, L]
+    attention_mask: Any  # torch.LongTensor [N, L]
+    labels: Any  # torch.LongTensor [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_split(shard_dir: str, pad_id: int, *, read_cpus: float = 0.25) -> SplitTensors:
+    """Read a shard set through Ray Data and materialise it as padded tensors.
+
+    GUE splits are small, so a trial streams them from Parquet once and keeps them in memory:
+    re-streaming every epoch costs far more than the epoch's compute on small models.
+    """
+    import pyarrow as pa
+    import ray.data
+    import torch
+
+    from ablate.shards import ShardManifest, pad_token_lists
+
+    manifest = ShardManifest.read(Path(shard_dir))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    dataset = ray.data.read_parquet(
+        manifest.paths(Path(shard_dir)), ray_remote_args={"num_cpus": read_cpus}
+    )
+    batches = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    table = pa.concat_tables(batches) if batches else None
+    if table is None or table.num_rows != manifest.num_rows:
+        got = 0 if table is None else table.num_rows
+        raise RuntimeError(f"{shard_dir}: read {got} rows, manifest says {manifest.num_rows}")
+    column = table.column("input_ids").combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy()
+    ids, mask = pad_token_lists(offsets, values, pad_id, width=manifest.max_tokens)
+    labels = table.column("label").to_numpy()
+    return SplitTensors(
+        torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels.astype(np.int64))
+    )
+
+
+def pick_device() -> Any:
+    """The GPU Ray assigned to this trial if there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_context(device: Any) -> Any:
+    """bf16 autocast on GPUs that support it; a no-op context on CPU."""
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def classification_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    return {
+        "mcc": float(matthews_corrcoef(labels, preds)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+    }
+
+
+def count_step_flops(model: Any, batch: tuple, *, backward: bool) -> int:
+    """FLOPs of one forward (and backward) pass, counted by ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids, mask, labels = batch
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if backward:
+            loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                model(ids, mask)
+    if backward:
+        model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> dict[str, float]:
+    import torch
+
+    model.eval()
+    preds, losses = [], []
+    with torch.no_grad(), autocast_context(device):
+        for start in range(0, len(split), batch_size):
+            ids = split.input_ids[start : start + batch_size].to(device, non_blocking=True)
+            mask = split.attention_mask[start : start + batch_size].to(device, non_blocking=True)
+            labels = split.labels[start : start + batch_size].to(device, non_blocking=True)
+            logits = model(ids, mask).float()
+            losses.append(
+                torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            )
+            preds.append(logits.argmax(dim=-1).cpu())
+    labels_np = split.labels.numpy()
+    metrics = classification_metrics(labels_np, torch.cat(preds).numpy())
+    metrics["loss"] = sum(losses) / max(len(split), 1)
+    return metrics
+
+
+def build_model(config: dict) -> Any:
+    """The classifier a trial config describes (architecture, preset, vocabulary, classes)."""
+    from ablate.models.registry import build_classifier
+    from ablate.tokenization import PAD_ID, complement_ids, load_tokenizer
+
+    inputs = config["inputs"]
+    model_cfg = config["model"]
+    tokenizer = load_tokenizer(Path(inputs["tokenizer_path"]))
+    return build_classifier(
+        model_cfg["architecture"],
+        preset=model_cfg["preset"],
+        vocab_size=inputs["vocab_size"],
+        num_classes=inputs["num_classes"],
+        max_len=inputs["token_limit"],
+        pad_id=PAD_ID,
+        dropout=float(config["hparams"]["dropout"]),
+        complement_ids=complement_ids(tokenizer),
+        overrides=model_cfg.get("overrides") or None,
+    )
+
+
+def train_trial(config: dict) -> None:
+    """Ray Tune function trainable; see the module docstring for the config it expects."""
+    import torch
+    from ray import tune
+    from transformers import get_linear_schedule_with_warmup
+
+    from ablate.models.registry import count_parameters
+    from ablate.tokenization import PAD_ID
+
+    hp = {**DEFAULT_HPARAMS, **config["hparams"]}
+    seed = int(config["seed"])
+    max_epochs = int(config["max_epochs"])
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    device = pick_device()
+
+    inputs = config["inputs"]
+    train = load_split(inputs["splits"]["train"], PAD_ID)
+    dev = load_split(inputs["splits"]["dev"], PAD_ID)
+
+    model = build_model(config).to(device)
+    n_params = count_parameters(model)
+    batch_size = int(hp["batch_size"])
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp["weight_decay"])
+    )
+    total_steps = steps_per_epoch * max_epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(float(hp["warmup_ratio"]) * total_steps), total_steps
+    )
+
+    # Per-sample FLOPs, counted once: every batch of a split has the same padded width.
+    probe = slice(0, min(batch_size, len(train)))
+    probe_batch = tuple(t[probe].to(device) for t in (train.input_ids, train.attention_mask,
+                                                      train.labels))
+    train_flops_per_sample = count_step_flops(model, probe_batch, backward=True) / len(
+        probe_batch[2]
+    )
+    dev_probe = tuple(t[: min(batch_size, len(dev))].to(device)
+                      for t in (dev.input_ids, dev.attention_mask, dev.labels))
+    dev_flops_per_sample = count_step_flops(model, dev_probe, backward=False) / len(dev_probe[2])
+
+    state = {"epoch": 0, "best_dev_mcc": -1.0, "wall_seconds": 0.0, "flops": 0.0}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        best_model = saved["best_model"]
+    else:
+        best_model = None
+
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(state["epoch"] + 1, max_epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        generator.manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=generator)
+        loss_sum, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            ids = train.input_ids[idx].to(device, non_blocking=True)
+            mask = train.attention_mask[idx].to(device, non_blocking=True)
+            labels = train.labels[idx].to(device, non_blocking=True)
+            with autocast_context(device):
+                logits = model(ids, mask)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+        train_loss = loss_sum / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
+        train_seconds = time.perf_counter() - start
+        dev_metrics = evaluate(model, dev, device, batch_size=max(batch_size, 256))
+        epoch_seconds = time.perf_counter() - start
+
+        state["epoch"] = epoch
+        state["wall_seconds"] += epoch_seconds
+        state["flops"] += train_flops_per_sample * seen + dev_flops_per_sample * len(dev)
+        if best_model is None or dev_metrics["mcc"] > state["best_dev_mcc"]:
+            # The checkpoint keeps the best model seen on dev next to the latest state.
+            best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            state["best_dev_mcc"] = dev_metrics["mcc"]
+        metrics = {
+            "epoch": epoch,
+            "dev_mcc": dev_metrics["mcc"],
+            "dev_accuracy": dev_metrics["accuracy"],
+            "dev_f1": dev_metrics["f1"],
+            "dev_loss": dev_metrics["loss"],
+            "train_loss": train_loss,
+            "best_dev_mcc": state["best_dev_mcc"],
+            "epoch_seconds": epoch_seconds,
+            "wall_seconds": state["wall_seconds"],
+            "flops": state["flops"],
+            "train_samples_per_second": seen / max(train_seconds, 1e-9),
+            "n_params": n_params,
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                    "best_model": best_model,
+                },
+                Path(folder) / "state.pt",
+            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
