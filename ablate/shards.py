@@ -134,17 +134,80 @@ def write_shards(
     return folder
 
 
+@dataclass
+class SplitArrays:
+    """A whole tokenized split, padded to one width: what a trial trains or evaluates on."""
+
+    input_ids: np.ndarray  # int32 [rows, width], padded with the pad id
+    lengths: np.ndarray  # int32 [rows], real tokens per row
+    labels: np.ndarray  # int64 [rows]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def attention_mask(self) -> np.ndarray:
+        width = self.input_ids.shape[1]
+        return (np.arange(width)[None, :] < self.lengths[:, None]).astype(np.int64)
+
+
 def pad_token_lists(
     offsets: np.ndarray, values: np.ndarray, pad_id: int, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Turn a flattened list column (Arrow offsets + values) into padded ids and a mask."""
-    lengths = np.diff(offsets)
+    """Turn a flattened list column (Arrow offsets + values) into padded ids and lengths."""
+    lengths = np.diff(offsets).astype(np.int32)
     width = int(lengths.max(initial=1)) if width is None else width
-    rows = len(lengths)
-    ids = np.full((rows, width), pad_id, dtype=np.int64)
+    ids = np.full((len(lengths), width), pad_id, dtype=np.int32)
     mask = np.arange(width)[None, :] < lengths[:, None]
     ids[mask] = values[offsets[0] : offsets[-1]]
-    return ids, mask.astype(np.int64)
+    return ids, lengths
+
+
+def read_shard_sets(
+    folders: list[str], pad_id: int, *, read_cpus: float = 1.0
+) -> dict[str, SplitArrays]:
+    """Stream shard sets through Ray Data in one pass and materialise each as ``SplitArrays``.
+
+    GUE splits are small: reading every shard set of a study once (one Ray Data execution, not
+    one per split or per trial) and sharing the arrays through Ray's object store is far cheaper
+    than streaming Parquet in every trial (measured: 2-5 s per split per trial).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    manifests = {folder: ShardManifest.read(Path(folder)) for folder in folders}
+    owner = {
+        str(Path(path).resolve()): folder
+        for folder, manifest in manifests.items()
+        for path in manifest.paths(Path(folder))
+    }
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # same rows in the same order: reproducible
+    dataset = ray.data.read_parquet(
+        sorted(owner), include_paths=True, num_cpus=read_cpus
+    )
+    pieces: dict[str, list] = {folder: [] for folder in folders}
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        paths = batch.column("path").to_pylist()
+        for path in sorted(set(paths)):
+            folder = owner[str(Path("/" + path.lstrip("/")).resolve())]
+            rows = pc.equal(batch.column("path"), path)
+            pieces[folder].append(batch.filter(rows))
+    result = {}
+    for folder, manifest in manifests.items():
+        table = pa.concat_tables(pieces[folder]) if pieces[folder] else None
+        got = 0 if table is None else table.num_rows
+        if got != manifest.num_rows:
+            raise RuntimeError(f"{folder}: read {got} rows, manifest says {manifest.num_rows}")
+        column = table.column("input_ids").combine_chunks()
+        ids, lengths = pad_token_lists(
+            column.offsets.to_numpy(), column.values.to_numpy(), pad_id, manifest.max_tokens
+        )
+        labels = table.column("label").to_numpy().astype(np.int64)
+        result[folder] = SplitArrays(ids, lengths, labels)
+    return result
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -213,6 +214,34 @@ class CellScheduler(FIFOScheduler):
         return f"ASHA per cell ({len(self.per_cell)} cells): {stopped} trials stopped early"
 
 
+class TrialProgress(Callback):
+    """Prints one line per finished trial: how far the study is, and how the trial did."""
+
+    def __init__(self, total: int, max_epochs: int, print_fn: Callable[[str], None] = print):
+        self.total = total
+        self.max_epochs = max_epochs
+        self.print_fn = print_fn
+        self.done = 0
+
+    def _line(self, trial: Any, outcome: str) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        score = result.get(METRIC)
+        score_text = f"{score:.4f}" if isinstance(score, float) else "-"
+        self.print_fn(
+            f"[{self.done}/{self.total}] {trial.config.get('cell', '?')} "
+            f"trial {trial.trial_id}: {outcome} after {result.get('training_iteration', 0)}/"
+            f"{self.max_epochs} epochs, {METRIC} {score_text}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        self._line(trial, "completed" if epochs >= self.max_epochs else "stopped early")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+
+
 # --- running a study ------------------------------------------------------------------------
 
 
@@ -283,6 +312,22 @@ def trial_templates(
             },
         }
     return templates
+
+
+def share_splits(inputs: dict, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Read every train/dev shard set once through Ray Data; put each in the object store.
+
+    Returns shard-set folder -> object ref; a trial fetches only the splits of its own cell.
+    """
+    import ray
+
+    from ablate.shards import read_shard_sets
+    from ablate.tokenization import PAD_ID
+
+    folders = sorted({item["splits"][s] for item in inputs.values() for s in ("train", "dev")})
+    progress(f"reading {len(folders)} shard sets through Ray Data")
+    arrays = read_shard_sets(folders, PAD_ID)
+    return {folder: ray.put(value) for folder, value in arrays.items()}
 
 
 def init_ray(address: str | None, spec: StudySpec) -> None:
@@ -373,10 +418,14 @@ def run_study(
     if "://" not in storage_path:
         storage_path = str(Path(storage_path).resolve())
 
+    # Trials checkpoint every epoch; with short epochs Tune warns about snapshot frequency.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address, spec)
+    data_refs = share_splits(inputs, progress)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    trainable = tune.with_parameters(train_trial, data=data_refs)
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, resources),
+        tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
@@ -386,9 +435,10 @@ def run_study(
         run_config=tune.RunConfig(
             name=sweep,
             storage_path=storage_path,
-            callbacks=[logger],
+            callbacks=[logger, TrialProgress(len(cells) * spec.budget.trials_per_cell,
+                                             spec.budget.max_epochs, progress)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            verbose=0,
         ),
     )
     status = "FAILED"

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ablate.shards import SplitArrays
+
 DEFAULT_HPARAMS = {
     "learning_rate": 1e-3,
     "weight_decay": 0.01,
@@ -34,7 +36,7 @@ GRAD_CLIP_NORM = 1.0
 
 @dataclass
 class SplitTensors:
-    """A whole split, padded to one width, ready for batching (GUE splits fit in memory)."""
+    """A whole split as tensors, ready for batching (GUE splits fit in memory)."""
 
     input_ids: Any  # torch.LongTensor [N, L]
     attention_mask: Any  # torch.LongTensor [N, L]
@@ -43,39 +45,15 @@ class SplitTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @staticmethod
+    def from_arrays(arrays: SplitArrays) -> SplitTensors:
+        import torch
 
-def load_split(shard_dir: str, pad_id: int, *, read_cpus: float = 0.25) -> SplitTensors:
-    """Read a shard set through Ray Data and materialise it as padded tensors.
-
-    GUE splits are small, so a trial streams them from Parquet once and keeps them in memory:
-    re-streaming every epoch costs far more than the epoch's compute on small models.
-    """
-    import pyarrow as pa
-    import ray.data
-    import torch
-
-    from ablate.shards import ShardManifest, pad_token_lists
-
-    manifest = ShardManifest.read(Path(shard_dir))
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    dataset = ray.data.read_parquet(
-        manifest.paths(Path(shard_dir)), ray_remote_args={"num_cpus": read_cpus}
-    )
-    batches = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
-    table = pa.concat_tables(batches) if batches else None
-    if table is None or table.num_rows != manifest.num_rows:
-        got = 0 if table is None else table.num_rows
-        raise RuntimeError(f"{shard_dir}: read {got} rows, manifest says {manifest.num_rows}")
-    column = table.column("input_ids").combine_chunks()
-    offsets = column.offsets.to_numpy()
-    values = column.values.to_numpy()
-    ids, mask = pad_token_lists(offsets, values, pad_id, width=manifest.max_tokens)
-    labels = table.column("label").to_numpy()
-    return SplitTensors(
-        torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels.astype(np.int64))
-    )
+        return SplitTensors(
+            torch.from_numpy(arrays.input_ids.astype(np.int64)),
+            torch.from_numpy(arrays.attention_mask()),
+            torch.tensor(arrays.labels, dtype=torch.int64),  # a copy: the source is read-only
+        )
 
 
 def pick_device() -> Any:
@@ -167,8 +145,16 @@ def build_model(config: dict) -> Any:
     )
 
 
-def train_trial(config: dict) -> None:
-    """Ray Tune function trainable; see the module docstring for the config it expects."""
+def train_trial(config: dict, data: dict[str, Any] | None = None) -> None:
+    """Ray Tune function trainable; see the module docstring for the config it expects.
+
+    ``data`` maps shard-set folders to ``SplitArrays`` (or Ray object refs to them), read once by
+    the driver through Ray Data (``ablate.shards.read_shard_sets``) and shared via the object
+    store. Without it the trial reads its own shard sets through Ray Data.
+    """
+    import logging
+
+    import ray
     import torch
     from ray import tune
     from transformers import get_linear_schedule_with_warmup
@@ -176,6 +162,8 @@ def train_trial(config: dict) -> None:
     from ablate.models.registry import count_parameters
     from ablate.tokenization import PAD_ID
 
+    for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
+        logging.getLogger(name).setLevel(logging.WARNING)
     hp = {**DEFAULT_HPARAMS, **config["hparams"]}
     seed = int(config["seed"])
     max_epochs = int(config["max_epochs"])
@@ -183,9 +171,16 @@ def train_trial(config: dict) -> None:
     np.random.seed(seed % 2**32)
     device = pick_device()
 
+    setup_start = time.perf_counter()
     inputs = config["inputs"]
-    train = load_split(inputs["splits"]["train"], PAD_ID)
-    dev = load_split(inputs["splits"]["dev"], PAD_ID)
+    folders = [inputs["splits"]["train"], inputs["splits"]["dev"]]
+    if data is None:
+        from ablate.shards import read_shard_sets
+
+        data = read_shard_sets(folders, PAD_ID)
+    arrays = [data[f] for f in folders]
+    arrays = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in arrays]
+    train, dev = (SplitTensors.from_arrays(a) for a in arrays)
 
     model = build_model(config).to(device)
     n_params = count_parameters(model)
@@ -211,6 +206,7 @@ def train_trial(config: dict) -> None:
     dev_flops_per_sample = count_step_flops(model, dev_probe, backward=False) / len(dev_probe[2])
 
     state = {"epoch": 0, "best_dev_mcc": -1.0, "wall_seconds": 0.0, "flops": 0.0}
+    setup_seconds = time.perf_counter() - setup_start
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -253,7 +249,9 @@ def train_trial(config: dict) -> None:
         epoch_seconds = time.perf_counter() - start
 
         state["epoch"] = epoch
-        state["wall_seconds"] += epoch_seconds
+        # Wall time charged to the trial: its set-up (once per start or restart) and epochs.
+        state["wall_seconds"] += epoch_seconds + setup_seconds
+        setup_seconds = 0.0
         state["flops"] += train_flops_per_sample * seen + dev_flops_per_sample * len(dev)
         if best_model is None or dev_metrics["mcc"] > state["best_dev_mcc"]:
             # The checkpoint keeps the best model seen on dev next to the latest state.

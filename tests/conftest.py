@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Ray writes ~/.ray/auth_token, lock files under /tmp and session folders under its temp dir;
+# killed trials leave temp checkpoints. Keep all of it in one short-lived folder (short, since
+# Ray's socket paths must stay under ~100 characters).
+_SANDBOX = Path(tempfile.mkdtemp(prefix="ablt-"))
+for _name in ("HOME", "TMPDIR", "RAY_TMPDIR"):
+    os.environ[_name] = str(_SANDBOX)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
 
 SHARED_TOKENIZER = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnabert2_tokenizer"
