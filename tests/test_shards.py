@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablate.shards import (
+    MANIFEST,
+    ShardManifest,
+    SplitArrays,
+    pad_token_lists,
+    prepare_task_inputs,
+    read_shard_sets,
+    shard_key,
+    write_shards,
+)
+from ablate.tokenization import PAD_ID, char_tokenizer, kmer_tokenizer, tokenizer_hash
+
+SEQS = ["ACGTACGTAC", "TTTTGGGGCCCCAAAA", "ACG", "NNNNACGT"]
+LABELS = np.array([0, 1, 0, 1])
+
+
+def _write(root, tokenizer, sha="abc", **kwargs):
+    return write_shards(
+        SEQS, LABELS, tokenizer, root=root, source="mem", source_sha256=sha,
+        tokenizer_hash=tokenizer_hash(tokenizer), length_bp=12, **kwargs,
+    )
+
+
+def test_write_shards_records_manifest_and_cuts_in_bp(tmp_path):
+    folder = _write(tmp_path, char_tokenizer(), rows_per_shard=3)
+    manifest = ShardManifest.read(folder)
+    assert manifest.num_rows == 4 and len(manifest.files) == 2
+    assert manifest.source_sha256 == "abc"
+    assert manifest.max_tokens == 12 + 2  # the 16 bp sequence was cut to 12 bp, plus CLS/SEP
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / manifest.files[0])
+    assert table.column("input_ids")[1].as_py()[1:-1] == char_tokenizer().encode(
+        SEQS[1][:12]).ids[1:-1]
+
+
+def test_unchanged_input_is_not_tokenized_again(tmp_path):
+    folder = _write(tmp_path, char_tokenizer())
+    stamp = (folder / MANIFEST).stat().st_mtime_ns
+    assert _write(tmp_path, char_tokenizer()) == folder
+    assert (folder / MANIFEST).stat().st_mtime_ns == stamp
+    # A different source or tokenizer gets a different shard set.
+    assert _write(tmp_path, char_tokenizer(), sha="other") != folder
+    assert _write(tmp_path, kmer_tokenizer(3)) != folder
+    assert shard_key("a", "b", 10) != shard_key("a", "b", 11)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    bad = ["ACGT", None]  # the tokenizer refuses None half-way through
+    with pytest.raises(TypeError):
+        write_shards(bad, np.array([0, 1]), char_tokenizer(), root=tmp_path, source="mem",
+                     source_sha256="x", tokenizer_hash="y", length_bp=4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pad_token_lists():
+    offsets = np.array([0, 3, 4, 6])
+    values = np.array([1, 5, 2, 1, 7, 2])
+    ids, lengths = pad_token_lists(offsets, values, PAD_ID, width=4)
+    assert ids.tolist() == [[1, 5, 2, 3], [1, 3, 3, 3], [7, 2, 3, 3]]
+    assert lengths.tolist() == [3, 1, 2]
+    arrays = SplitArrays(ids, lengths, np.array([0, 1, 0]))
+    assert arrays.attention_mask().tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_ray_data_reads_back_every_row_in_order(tmp_path, local_ray):
+    tok = char_tokenizer()
+    one = _write(tmp_path / "a", tok, rows_per_shard=2)
+    two = _write(tmp_path / "b", kmer_tokenizer(2), sha="zzz")
+    arrays = read_shard_sets([str(one), str(two)], PAD_ID)
+    first = arrays[str(one)]
+    assert len(first) == 4 and first.labels.tolist() == LABELS.tolist()
+    for row, seq in enumerate(SEQS):
+        expected = tok.encode(seq[:12]).ids
+        assert first.input_ids[row, : first.lengths[row]].tolist() == expected
+        assert (first.input_ids[row, first.lengths[row]:] == PAD_ID).all()
+    assert len(arrays[str(two)]) == 4
+
+
+def test_prepare_task_inputs_on_synthetic_data(tmp_path):
+    from ablate.data.synthetic import write_synthetic_gue
+
+    root = write_synthetic_gue(tmp_path / "gue", scale=0.02, seed=3, tasks=["mouse/0"])
+    work = tmp_path / "work"
+    bpe = prepare_task_inputs(root, "mouse/0", "bpe", work_dir=work, bpe_vocab_size=64)
+    assert bpe.vocab_size == 64 and bpe.length_bp == 101 and bpe.token_limit == 103
+    assert set(bpe.splits) == {"train", "dev", "test"}
+    assert Path(bpe.tokenizer_path).is_file()
+    again = prepare_task_inputs(root, "mouse/0", "bpe", work_dir=work, bpe_vocab_size=64)
+    assert again == bpe  # cached tokenizer and shards
+    kmer = prepare_task_inputs(root, "mouse/0", "kmer:3", work_dir=work)
+    assert kmer.token_limit == 34 + 2
+    assert ShardManifest.read(Path(kmer.splits["train"])).max_tokens <= kmer.token_limit

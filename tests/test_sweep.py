@@ -1,0 +1,129 @@
+"""The searcher and scheduler that keep cells level and independent, driven directly."""
+
+import optuna
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from ablate.spec import DEFAULT_SEARCH_SPACE_DIR, Cell, load_search_space
+from ablate.sweep import CellScheduler, CellSearcher
+
+CELLS = [Cell("convnova", "none", "char", "tf/0"), Cell("transformer", "none", "bpe", "tf/0")]
+
+
+def make_searcher(trials=3, max_epochs=4, concurrent=2, seed=0):
+    spaces = {a: load_search_space(DEFAULT_SEARCH_SPACE_DIR, a) for a in ("convnova",
+                                                                           "transformer")}
+    templates = {c.name: {"inputs": {}, "model": {"architecture": c.architecture}} for c in CELLS}
+    return CellSearcher(CELLS, spaces, templates, trials_per_cell=trials, max_epochs=max_epochs,
+                        max_concurrent=concurrent, seed=seed)
+
+
+def result(value, epoch):
+    return {"best_dev_mcc": value, "training_iteration": epoch}
+
+
+def test_cells_stay_level_and_budget_is_exact():
+    searcher = make_searcher(trials=3, concurrent=1)
+    issued = []
+    for n in range(6):
+        config = searcher.suggest(f"t{n}")
+        assert config is not None
+        issued.append(config["cell"])
+        assert searcher.suggest(f"extra{n}") is None  # one at a time
+        searcher.on_trial_complete(f"t{n}", result(0.1 * n, 4))
+    # Alternating cells, never more than one trial apart.
+    assert issued == [CELLS[0].name, CELLS[1].name] * 3
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    for study in searcher.studies.values():
+        assert len(study.trials) == 3
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_concurrency_is_counted_by_the_searcher():
+    searcher = make_searcher(concurrent=2)
+    assert searcher.set_max_concurrency(2) is True
+    assert searcher.suggest("a") and searcher.suggest("b")
+    assert searcher.suggest("c") is None
+    searcher.on_trial_complete("a", result(0.5, 4))
+    assert searcher.suggest("c") is not None
+
+
+def test_finished_only_after_every_trial_is_told():
+    searcher = make_searcher(trials=1, concurrent=4)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    assert searcher.suggest("c") is None  # budget issued, but two trials still running
+    searcher.on_trial_complete("a", result(0.5, 4))
+    assert searcher.suggest("c") is None
+    searcher.on_trial_complete("b", result(0.4, 4))
+    assert searcher.suggest("c") == Searcher.FINISHED
+
+
+def test_stopped_trials_are_pruned_and_errors_fail():
+    searcher = make_searcher(trials=3, concurrent=3, max_epochs=4)
+    searcher.suggest("full")
+    searcher.suggest("other-cell")
+    searcher.suggest("stopped")
+    searcher.on_trial_result("full", result(0.3, 1))
+    searcher.on_trial_complete("full", result(0.6, 4))
+    searcher.on_trial_result("stopped", result(0.1, 1))
+    # ASHA stopped it at epoch 2; that result never reached on_trial_result.
+    searcher.on_trial_complete("stopped", result(0.15, 2))
+    searcher.on_trial_complete("other-cell", error=True)
+    convnova = searcher.studies[CELLS[0].name].trials
+    states = {t.number: t.state for t in convnova}
+    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.PRUNED}
+    assert convnova[0].value == pytest.approx(0.6)
+    assert convnova[1].intermediate_values == {1: 0.1, 2: 0.15}
+    (failed,) = searcher.studies[CELLS[1].name].trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+
+
+def test_same_seed_same_suggestions_in_every_cell():
+    first, second = make_searcher(seed=7), make_searcher(seed=7)
+    a = [first.suggest(f"x{i}")["hparams"] for i in range(2)]
+    b = [second.suggest(f"x{i}")["hparams"] for i in range(2)]
+    assert a == b
+    # Both cells draw their first trial from the same seeded sampler and shared ranges.
+    assert a[0]["learning_rate"] != make_searcher(seed=8).suggest("y")["hparams"][
+        "learning_rate"]
+
+
+def test_save_and_restore_keep_studies(tmp_path):
+    searcher = make_searcher(trials=2)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", result(0.5, 4))
+    searcher.save(str(tmp_path / "state.pkl"))
+    restored = make_searcher(trials=2)
+    restored.restore(str(tmp_path / "state.pkl"))
+    assert restored.issued == searcher.issued
+    assert len(restored.studies[CELLS[0].name].trials) == 1
+
+
+def stub(trial_id, cell):
+    trial = Trial("train_trial", config={"cell": cell}, stub=True, trial_id=trial_id)
+    return trial
+
+
+def test_asha_compares_trials_only_within_their_cell():
+    strong, weak = CELLS[0].name, CELLS[1].name
+    per_cell = CellScheduler([strong, weak], max_t=4, grace_period=1, rf=2)
+    global_asha = AsyncHyperBandScheduler(metric="best_dev_mcc", mode="max", max_t=4,
+                                          grace_period=1, reduction_factor=2)
+    strong_trials = [stub(f"s{i}", strong) for i in range(3)]
+    weak_trial = stub("w0", weak)
+    for scheduler in (per_cell, global_asha):
+        for trial in [*strong_trials, weak_trial]:
+            scheduler.on_trial_add(None, trial)
+        for trial, value in zip(strong_trials, (0.9, 0.8, 0.85), strict=True):
+            scheduler.on_trial_result(None, trial, result(value, 1))
+    # One global ASHA stops the weak cell's only trial because the other cell is ahead ...
+    assert global_asha.on_trial_result(None, weak_trial, result(0.2, 1)) == TrialScheduler.STOP
+    # ... per-cell ASHA lets it go on: it is the best of its own cell.
+    assert per_cell.on_trial_result(None, weak_trial, result(0.2, 1)) == TrialScheduler.CONTINUE
+    # Within a cell, a poor trial is still stopped.
+    poor = stub("s3", strong)
+    per_cell.on_trial_add(None, poor)
+    assert per_cell.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
