@@ -46,7 +46,10 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
+        console = Console(width=160)
+    return console
 
 
 @data_app.command("check")
@@ -165,12 +168,15 @@ def report(
     out_dir = out or Path("reports") / spec.name
     result = write_report(uri, spec.name, out_dir)
     table = Table(title=f"study {spec.name} (sweep {result.sweep})")
-    for column in ("cell", "trials", "best dev MCC", "wall s", "FLOPs"):
-        table.add_column(column, justify="left" if column == "cell" else "right")
+    for column in ("task", "architecture", "pretraining", "tokenizer"):
+        table.add_column(column)
+    for column in ("trials (done/stopped/failed)", "best dev MCC", "wall s", "FLOPs"):
+        table.add_column(column, justify="right")
     for row in result.cells.itertuples():
         table.add_row(
-            row.cell, str(row.trials), f"{row.best_dev_mcc:.4f}", f"{row.wall_seconds:.1f}",
-            f"{row.flops:.3g}",
+            row.task, row.architecture, row.pretraining, row.tokenizer,
+            f"{row.trials} ({row.completed}/{row.pruned}/{row.failed})",
+            f"{row.best_dev_mcc:.4f}", f"{row.wall_seconds:.1f}", f"{row.flops:.3g}",
         )
     console = _console()
     console.print(table)

@@ -227,29 +227,71 @@ class TaskInputs:
         return asdict(self)
 
 
-def prepare_task_inputs(
-    gue_root: Path,
-    task: str,
+def resolve_tokenizer(
     choice_value: str,
     *,
+    gue_root: Path,
+    tasks: list[str],
     work_dir: Path,
     kmer_k: int = 6,
     bpe_vocab_size: int = 4096,
     base_dir: Path | None = None,
-) -> TaskInputs:
-    """Tokenize one task's splits with one tokenizer into cached shard sets.
+) -> tuple[Tokenizer, Path]:
+    """Build (or load from cache) the tokenizer an axis value names; returns it and its file.
 
-    A trained BPE tokenizer is fitted on the train split only (never dev or test) and cached
-    under ``work_dir/tokenizers`` keyed by the train file's checksum and the vocabulary size.
+    A trained ``bpe`` is fitted once per study on the train splits of all its tasks (never dev
+    or test), cut to each task's bp length, so every cell and any pretraining that uses ``bpe``
+    share one vocabulary. It is cached under ``work_dir/tokenizers`` keyed by the train files'
+    checksums and the vocabulary size.
     """
-    from ablate.data.gue import SPLITS, get_dataset, read_split, split_path
+    from ablate.data.gue import get_dataset, read_split
     from ablate.tokenization import (
         build_tokenizer,
         load_tokenizer,
         parse_tokenizer_choice,
-        token_limit,
         tokenizer_hash,
     )
+
+    choice = parse_tokenizer_choice(choice_value, default_k=kmer_k, base_dir=base_dir)
+    tok_root = Path(work_dir) / "tokenizers"
+    if choice.kind == "bpe" and choice.path is None:
+        trains = {task: read_split(gue_root, task, "train") for task in sorted(tasks)}
+        key = hashlib.sha256(
+            ":".join(f"{t}={split.sha256}" for t, split in trains.items()).encode()
+        ).hexdigest()[:16]
+        tok_file = tok_root / f"bpe{bpe_vocab_size}-{key}" / "tokenizer.json"
+        if tok_file.is_file():
+            return load_tokenizer(tok_file), tok_file
+        sequences = (
+            seq[: get_dataset(task).length_bp]
+            for task, split in trains.items()
+            for seq in split.sequences
+        )
+        tokenizer = build_tokenizer(choice, train_sequences=sequences,
+                                    bpe_vocab_size=bpe_vocab_size)
+    else:
+        tokenizer = build_tokenizer(choice)
+        tok_file = tok_root / f"{choice.kind}-{tokenizer_hash(tokenizer)[:16]}" / "tokenizer.json"
+        if tok_file.is_file():
+            return tokenizer, tok_file
+    _atomic_write_text(tok_file, tokenizer.to_str(pretty=True))
+    return tokenizer, tok_file
+
+
+def prepare_task_inputs(
+    gue_root: Path,
+    task: str,
+    choice_value: str,
+    tokenizer: Tokenizer,
+    tokenizer_path: Path,
+    *,
+    work_dir: Path,
+    kmer_k: int = 6,
+    base_dir: Path | None = None,
+) -> TaskInputs:
+    """Tokenize one task's splits with one tokenizer into cached shard sets."""
+    from ablate.data.gue import SPLITS, get_dataset, read_split, split_path
+    from ablate.tokenization import parse_tokenizer_choice, token_limit, tokenizer_hash
 
     dataset = get_dataset(task)
     choice = parse_tokenizer_choice(choice_value, default_k=kmer_k, base_dir=base_dir)
@@ -260,34 +302,10 @@ def prepare_task_inputs(
                 f"{split_path(gue_root, task, required)}: task {task} has no {required} split; "
                 "a study needs train and dev (pick a complete dataset: `ablate data check DIR`)"
             )
-    loaded = {split: read_split(gue_root, task, split) for split in present}
-
-    train = loaded["train"]
-    if choice.kind == "bpe" and choice.path is None:
-        tok_dir = Path(work_dir) / "tokenizers" / task / (
-            f"bpe{bpe_vocab_size}-{train.sha256[:16]}"
-        )
-        tok_file = tok_dir / "tokenizer.json"
-        if tok_file.is_file():
-            tokenizer = load_tokenizer(tok_file)
-        else:
-            tokenizer = build_tokenizer(
-                choice,
-                train_sequences=(s[: dataset.length_bp] for s in train.sequences),
-                bpe_vocab_size=bpe_vocab_size,
-            )
-            _atomic_write_text(tok_file, tokenizer.to_str(pretty=True))
-    else:
-        tokenizer = build_tokenizer(choice)
-        tok_file = Path(work_dir) / "tokenizers" / f"{choice.label.replace(':', '-')}" / (
-            f"{tokenizer_hash(tokenizer)[:16]}.json"
-        )
-        if not tok_file.is_file():
-            _atomic_write_text(tok_file, tokenizer.to_str(pretty=True))
     tok_hash = tokenizer_hash(tokenizer)
-
     splits = {}
-    for split, data in loaded.items():
+    for split in present:
+        data = read_split(gue_root, task, split)
         folder = write_shards(
             data.sequences,
             data.labels,
@@ -302,7 +320,7 @@ def prepare_task_inputs(
     return TaskInputs(
         task=task,
         tokenizer=choice_value,
-        tokenizer_path=str(tok_file),
+        tokenizer_path=str(tokenizer_path),
         vocab_size=tokenizer.get_vocab_size(),
         num_classes=dataset.num_classes,
         length_bp=dataset.length_bp,

@@ -274,21 +274,40 @@ def prepare_inputs(
     spec: StudySpec, gue_root: Path, progress: Callable[[str], None] = print
 ) -> dict[tuple[str, str], dict]:
     """Tokenize and shard every (task, tokenizer) pair of the study, before Ray starts."""
-    from ablate.shards import prepare_task_inputs
+    from ablate.data.gue import split_path
+    from ablate.shards import prepare_task_inputs, resolve_tokenizer
 
     if not gue_root.is_dir():
         raise AblateError(f"{gue_root}: GUE folder not found (data.gue_dir or --gue-dir)")
+    for task in spec.data.tasks:  # fail on a missing split before any tokenizer is trained
+        for required in ("train", "dev"):
+            if not split_path(gue_root, task, required).is_file():
+                raise AblateError(
+                    f"{split_path(gue_root, task, required)}: task {task} has no {required} "
+                    "split; a study needs train and dev (see `ablate data check DIR`)"
+                )
     inputs = {}
-    for task in spec.data.tasks:
-        for tokenizer in spec.axes.tokenizer:
-            progress(f"preparing {task} with tokenizer {tokenizer}")
-            inputs[(task, tokenizer)] = prepare_task_inputs(
+    for tokenizer_value in spec.axes.tokenizer:
+        progress(f"building tokenizer {tokenizer_value}")
+        tokenizer, tok_file = resolve_tokenizer(
+            tokenizer_value,
+            gue_root=gue_root,
+            tasks=spec.data.tasks,
+            work_dir=spec.work_path,
+            kmer_k=spec.tokenizers.kmer_k,
+            bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+            base_dir=Path(spec.base_dir),
+        )
+        for task in spec.data.tasks:
+            progress(f"tokenizing {task} with {tokenizer_value}")
+            inputs[(task, tokenizer_value)] = prepare_task_inputs(
                 gue_root,
                 task,
+                tokenizer_value,
                 tokenizer,
+                tok_file,
                 work_dir=spec.work_path,
                 kmer_k=spec.tokenizers.kmer_k,
-                bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
                 base_dir=Path(spec.base_dir),
             ).as_dict()
     return inputs

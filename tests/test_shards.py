@@ -10,6 +10,7 @@ from ablate.shards import (
     pad_token_lists,
     prepare_task_inputs,
     read_shard_sets,
+    resolve_tokenizer,
     shard_key,
     write_shards,
 )
@@ -95,14 +96,21 @@ def test_ray_data_reads_back_every_row_in_order(tmp_path, local_ray):
 def test_prepare_task_inputs_on_synthetic_data(tmp_path):
     from ablate.data.synthetic import write_synthetic_gue
 
-    root = write_synthetic_gue(tmp_path / "gue", scale=0.02, seed=3, tasks=["mouse/0"])
+    tasks = ["mouse/0", "prom/prom_core_tata"]
+    root = write_synthetic_gue(tmp_path / "gue", scale=0.02, seed=3, tasks=tasks)
     work = tmp_path / "work"
-    bpe = prepare_task_inputs(root, "mouse/0", "bpe", work_dir=work, bpe_vocab_size=64)
+    tok, tok_file = resolve_tokenizer("bpe", gue_root=root, tasks=tasks, work_dir=work,
+                                      bpe_vocab_size=64)
+    assert tok.get_vocab_size() == 64 and tok_file.is_file()
+    # One BPE per study, cached: the same train splits give the same file.
+    again, again_file = resolve_tokenizer("bpe", gue_root=root, tasks=list(reversed(tasks)),
+                                          work_dir=work, bpe_vocab_size=64)
+    assert again_file == tok_file and tokenizer_hash(again) == tokenizer_hash(tok)
+    bpe = prepare_task_inputs(root, "mouse/0", "bpe", tok, tok_file, work_dir=work)
     assert bpe.vocab_size == 64 and bpe.length_bp == 101 and bpe.token_limit == 103
     assert set(bpe.splits) == {"train", "dev", "test"}
-    assert Path(bpe.tokenizer_path).is_file()
-    again = prepare_task_inputs(root, "mouse/0", "bpe", work_dir=work, bpe_vocab_size=64)
-    assert again == bpe  # cached tokenizer and shards
-    kmer = prepare_task_inputs(root, "mouse/0", "kmer:3", work_dir=work)
+    assert prepare_task_inputs(root, "mouse/0", "bpe", tok, tok_file, work_dir=work) == bpe
+    kmer_tok, kmer_file = resolve_tokenizer("kmer:3", gue_root=root, tasks=tasks, work_dir=work)
+    kmer = prepare_task_inputs(root, "mouse/0", "kmer:3", kmer_tok, kmer_file, work_dir=work)
     assert kmer.token_limit == 34 + 2
     assert ShardManifest.read(Path(kmer.splits["train"])).max_tokens <= kmer.token_limit
