@@ -7,6 +7,7 @@ fast.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -145,6 +146,44 @@ def run(
     print(
         f"finished {result.num_trials} trials ({result.num_errors} failed) in "
         f"{time.perf_counter() - start:.0f} s; sweep {result.sweep} in {result.tracking_uri}"
+    )
+
+
+@app.command("pretrain")
+@_user_errors
+def pretrain(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="pretraining spec (YAML)")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start Ray locally)")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Ray Train storage path or URL (default: work_dir)")
+    ] = None,
+) -> None:
+    """Masked-LM pretraining on Ray Train, registered in MLflow with its cost (resumable)."""
+    from ablate.spec import load_pretrain_spec
+
+    spec = load_pretrain_spec(spec_path)
+    from ablate.pretrain import job_from_spec, run_pretraining
+    from ablate.sweep import start_local_ray
+
+    job = job_from_spec(spec, progress=lambda msg: print(f"  {msg}", flush=True))
+    start_local_ray(address, cpus=math.ceil(spec.workers * spec.cpus_per_worker) + 1)
+    result = run_pretraining(
+        job,
+        tracking_uri=tracking_uri or spec.tracking.uri,
+        work_dir=spec.work_path,
+        storage=storage,
+        progress=lambda msg: print(f"  {msg}", flush=True),
+    )
+    state = "reused" if result.reused else "finished"
+    print(
+        f"pretraining {state}: MLflow run {result.run_id}, {result.wall_seconds:.0f} s, "
+        f"{result.device_hours:.4f} device-hours, {result.flops:.3g} FLOPs, "
+        f"{result.tokens_seen:,} tokens; model at {result.model_dir}"
     )
 
 

@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablate.errors import AblateError
 
-ARCHITECTURES = ("convnova", "transformer")
-PRETRAINING = ("none",)
+ARCHITECTURES = ("convnova", "transformer", "unet", "cnn")
 DEFAULT_SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
@@ -79,8 +78,17 @@ class AxesSpec(_Strict):
 
     @field_validator("pretraining")
     @classmethod
-    def _known_pretraining(cls, values: list[str]) -> list[str]:
-        return _check_allowed(values, PRETRAINING)
+    def _pretraining_syntax(cls, values: list[str]) -> list[str]:
+        for value in values:
+            kind, _, arg = value.partition(":")
+            if value != "none" and (kind not in ("mlm", "external") or not arg):
+                raise ValueError(
+                    f"unknown pretraining {value!r}; allowed: none, mlm:<name of an entry in "
+                    "pretrain_specs>, external:<name of an entry in external_checkpoints>"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("a value is listed more than once")
+        return values
 
 
 class BudgetSpec(_Strict):
@@ -119,6 +127,50 @@ class TrackingSpec(_Strict):
     uri: str = "sqlite:///mlruns.db"
 
 
+class CorpusSpec(_Strict):
+    """What masked-LM pretraining reads: GUE train splits, or windows sampled from FASTA files."""
+
+    gue_tasks: list[str] | None = Field(
+        None, description="train splits of these GUE datasets (default in a study: its tasks)"
+    )
+    fasta: list[str] | None = Field(None, description="FASTA files (plain or bgzip)")
+    window_bp: int = Field(512, ge=8, description="length of each sampled FASTA window")
+    windows: int = Field(20_000, ge=1, description="FASTA windows to sample")
+
+    @model_validator(mode="after")
+    def _one_corpus(self) -> CorpusSpec:
+        if self.gue_tasks is not None and self.fasta is not None:
+            raise ValueError("give gue_tasks or fasta, not both")
+        if self.gue_tasks is not None:
+            DataSpec._known_tasks(self.gue_tasks)
+        return self
+
+
+class PretrainRecipe(_Strict):
+    """How to pretrain (corpus and optimisation); a study applies it to each cell's model."""
+
+    corpus: CorpusSpec = CorpusSpec()
+    max_steps: int = Field(200, ge=1, description="optimizer steps (per data-parallel group)")
+    batch_size: int = Field(64, ge=1, description="sequences per worker per step")
+    learning_rate: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints")
+    workers: int = Field(2, ge=1, description="Ray Train data-parallel workers")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class ExternalCheckpoint(_Strict):
+    """A checkpoint pretrained elsewhere (e.g. a local copy of DNABERT-2), with its cost."""
+
+    path: str
+    device_hours: float = Field(ge=0, description="declared pretraining cost")
+    trust_remote_code: bool = False
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataSpec
@@ -129,6 +181,8 @@ class StudySpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     tokenizers: TokenizerOptions = TokenizerOptions()
     models: dict[str, ModelChoice] = Field(default_factory=dict)
+    pretrain_specs: dict[str, PretrainRecipe] = Field(default_factory=dict)
+    external_checkpoints: dict[str, ExternalCheckpoint] = Field(default_factory=dict)
     search_space_dir: str | None = None
     work_dir: str = ".ablate"
     metric: Literal["best_dev_mcc"] = "best_dev_mcc"
@@ -140,6 +194,19 @@ class StudySpec(_Strict):
     def _known_model_keys(cls, value: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
         _check_allowed(list(value), ARCHITECTURES)
         return value
+
+    @model_validator(mode="after")
+    def _pretraining_defined(self) -> StudySpec:
+        for value in self.axes.pretraining:
+            kind, _, name = value.partition(":")
+            table = {"mlm": self.pretrain_specs, "external": self.external_checkpoints}.get(kind)
+            if table is not None and name not in table:
+                key = "pretrain_specs" if kind == "mlm" else "external_checkpoints"
+                raise ValueError(
+                    f"axes.pretraining {value!r} names no entry of {key} "
+                    f"(defined: {sorted(table) or 'none'})"
+                )
+        return self
 
     def path(self, value: str) -> Path:
         """Resolve a path from the spec: expand ``${VAR}`` and ``~``, relative to the spec."""
@@ -212,16 +279,65 @@ def parse_study(data: Any, *, source: str = "<spec>", base_dir: Path | None = No
     return spec
 
 
-def load_study(path: str | Path) -> StudySpec:
-    """Read and validate a study spec file."""
+def _read_yaml(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise AblateError(f"{path}: study spec not found")
+        raise AblateError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise AblateError(f"{path}: not valid YAML ({exc})") from None
-    return parse_study(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study spec file."""
+    data = _read_yaml(path, "study spec")
+    return parse_study(data, source=str(path), base_dir=Path(path).resolve().parent)
+
+
+class PretrainSpec(PretrainRecipe):
+    """A stand-alone pretraining run (``ablate pretrain SPEC.yaml``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    architecture: str
+    preset: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str = "char"
+    tokenizers: TokenizerOptions = TokenizerOptions()
+    gue_dir: str | None = Field(None, description="GUE root for corpus.gue_tasks")
+    tracking: TrackingSpec = TrackingSpec()
+    work_dir: str = ".ablate"
+    search_space_dir: str | None = None
+    base_dir: str = "."
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        _check_allowed([value], ARCHITECTURES)
+        return value
+
+    path = StudySpec.path
+    work_path = StudySpec.work_path
+    search_space_path = StudySpec.search_space_path
+
+
+def load_pretrain_spec(path: str | Path) -> PretrainSpec:
+    """Read and validate a stand-alone pretraining spec file."""
+    data = _read_yaml(path, "pretraining spec")
+    if not isinstance(data, dict):
+        raise AblateError(f"{path}: a pretraining spec must be a YAML mapping")
+    if "base_dir" in data:
+        raise AblateError(f"{path}: base_dir: unknown key; check the spelling")
+    data = {**data, "base_dir": str(Path(path).resolve().parent)}
+    try:
+        spec = PretrainSpec.model_validate(data)
+    except ValidationError as exc:
+        raise AblateError(_format_validation_error(str(path), exc)) from None
+    if spec.corpus.gue_tasks is not None and spec.gue_dir is None:
+        raise AblateError(f"{path}: corpus.gue_tasks needs gue_dir (the GUE root folder)")
+    if spec.corpus.gue_tasks is None and spec.corpus.fasta is None:
+        raise AblateError(f"{path}: corpus: give gue_tasks (with gue_dir) or fasta files")
+    return spec
 
 
 @dataclass(frozen=True)

@@ -313,10 +313,40 @@ def prepare_inputs(
     return inputs
 
 
+def model_max_len(spec: StudySpec, inputs: dict) -> dict[str, int]:
+    """Token limit per tokenizer, shared by every cell (and pretraining) that uses it.
+
+    A model built for one tokenizer has the same positions table in every task and in its
+    pretraining, so a pretrained encoder always fits the fine-tuning model.
+    """
+    from ablate.tokenization import parse_tokenizer_choice, token_limit
+
+    limits: dict[str, int] = {}
+    for (_, tokenizer), item in inputs.items():
+        limits[tokenizer] = max(limits.get(tokenizer, 0), item["token_limit"])
+    for recipe in spec.pretrain_specs.values():
+        if recipe.corpus.fasta:
+            for tokenizer in limits:
+                choice = parse_tokenizer_choice(tokenizer, default_k=spec.tokenizers.kmer_k,
+                                                base_dir=Path(spec.base_dir))
+                limits[tokenizer] = max(limits[tokenizer],
+                                        token_limit(choice, recipe.corpus.window_bp))
+        elif recipe.corpus.gue_tasks:
+            from ablate.data.gue import get_dataset
+
+            bp = max(get_dataset(t).length_bp for t in recipe.corpus.gue_tasks)
+            for tokenizer in limits:
+                choice = parse_tokenizer_choice(tokenizer, default_k=spec.tokenizers.kmer_k,
+                                                base_dir=Path(spec.base_dir))
+                limits[tokenizer] = max(limits[tokenizer], token_limit(choice, bp))
+    return limits
+
+
 def trial_templates(
     spec: StudySpec, cells: list[Cell], spaces: dict[str, SearchSpace], inputs: dict
 ) -> dict[str, dict]:
     templates = {}
+    max_len = model_max_len(spec, inputs)
     for cell in cells:
         choice = spec.models.get(cell.architecture)
         preset = (choice.preset if choice and choice.preset else None) or spaces[
@@ -328,9 +358,76 @@ def trial_templates(
                 "architecture": cell.architecture,
                 "preset": preset,
                 "overrides": dict(choice.overrides) if choice else {},
+                "max_len": max_len[cell.tokenizer],
             },
+            "pretrained": None,
         }
     return templates
+
+
+def pretrain_for_study(
+    spec: StudySpec,
+    cells: list[Cell],
+    templates: dict[str, dict],
+    gue_root: Path,
+    tracking_uri: str,
+    storage: str | None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or reuse) every pretraining the study's ``mlm:<name>`` cells need, once each.
+
+    Sets ``templates[cell]["pretrained"]`` to the pretraining run's id and key, and returns
+    pretraining key -> object ref of the model folder's files, so trials on any node can load
+    the encoder without a shared file system.
+    """
+    import ray
+
+    from ablate.pretrain import PretrainJob, run_pretraining
+
+    jobs: dict[str, PretrainJob] = {}
+    job_of_cell: dict[str, str] = {}
+    for cell in cells:
+        kind, _, name = cell.pretraining.partition(":")
+        if kind != "mlm":
+            continue
+        recipe = spec.pretrain_specs[name]
+        if recipe.corpus.gue_tasks is None and recipe.corpus.fasta is None:
+            recipe = recipe.model_copy(
+                update={"corpus": recipe.corpus.model_copy(update={"gue_tasks": spec.data.tasks})}
+            )
+        if recipe.corpus.fasta:
+            fasta = [str(spec.path(p)) for p in recipe.corpus.fasta]
+            recipe = recipe.model_copy(
+                update={"corpus": recipe.corpus.model_copy(update={"fasta": fasta})}
+            )
+        template = templates[cell.name]
+        job = PretrainJob(
+            name=name,
+            recipe=recipe,
+            architecture=cell.architecture,
+            preset=template["model"]["preset"],
+            overrides=template["model"]["overrides"],
+            tokenizer_value=cell.tokenizer,
+            tokenizer_path=template["inputs"]["tokenizer_path"],
+            gue_dir=str(gue_root),
+            token_limit=template["model"]["max_len"],
+        )
+        key = job.key
+        jobs.setdefault(key, job)
+        job_of_cell[cell.name] = key
+
+    weights: dict[str, Any] = {}
+    for key, job in jobs.items():
+        result = run_pretraining(
+            job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
+            progress=progress, extra_tags={"ablate.study": spec.name},
+        )
+        files = {p.name: p.read_bytes() for p in Path(result.model_dir).iterdir() if p.is_file()}
+        weights[key] = ray.put(files)
+        for cell_name, cell_key in job_of_cell.items():
+            if cell_key == key:
+                templates[cell_name]["pretrained"] = {"run_id": result.run_id, "key": key}
+    return weights
 
 
 def share_splits(inputs: dict, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -355,6 +452,14 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
     Ray Data's read tasks run outside the trials' reservations: if trials held every CPU, reads
     would wait forever. Locally we therefore advertise at least one spare CPU.
     """
+    needed = math.ceil(spec.budget.concurrent_trials * spec.resources.cpu) + 1
+    for recipe in spec.pretrain_specs.values():
+        needed = max(needed, math.ceil(recipe.workers * recipe.cpus_per_worker) + 1)
+    start_local_ray(address, cpus=needed)
+
+
+def start_local_ray(address: str | None, cpus: int) -> None:
+    """Connect to ``address``, or start local Ray advertising at least ``cpus`` CPUs."""
     import ray
 
     if ray.is_initialized():
@@ -362,9 +467,8 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
     if address:
         ray.init(address=address, logging_level="WARNING")
         return
-    needed = math.ceil(spec.budget.concurrent_trials * spec.resources.cpu) + 1
     ray.init(
-        num_cpus=max(os.cpu_count() or 1, needed),
+        num_cpus=max(os.cpu_count() or 1, cpus),
         logging_level="WARNING",
         include_dashboard=False,
     )
@@ -440,9 +544,16 @@ def run_study(
     # Trials checkpoint every epoch; with short epochs Tune warns about snapshot frequency.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address, spec)
+    weights = pretrain_for_study(
+        spec, cells, templates, gue_root, tracking_uri, storage, progress
+    )
+    for cell in cells:
+        pretrained = templates[cell.name]["pretrained"]
+        if pretrained:
+            client.set_tag(cell_runs[cell.name], "ablate.pretrain_run_id", pretrained["run_id"])
     data_refs = share_splits(inputs, progress)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    trainable = tune.with_parameters(train_trial, data=data_refs)
+    trainable = tune.with_parameters(train_trial, data=data_refs, weights=weights)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(

@@ -165,6 +165,9 @@ class MLflowTrialLogger(Callback):
                 self.experiment_id, tags=tags, run_name=f"{cell.name}#{trial.trial_id}"
             )
             run_id = run.info.run_id
+            pretrained = trial.config.get("pretrained") or {}
+            if pretrained:
+                self.client.set_tag(run_id, "ablate.pretrain_run_id", pretrained["run_id"])
             params = {**trial.config["hparams"], **_model_params(trial.config)}
             self._log_params(run_id, params)
         self._trial_runs[trial.trial_id] = run_id

@@ -124,28 +124,48 @@ def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> d
     return metrics
 
 
-def build_model(config: dict) -> Any:
-    """The classifier a trial config describes (architecture, preset, vocabulary, classes)."""
+def build_model(config: dict, weights: dict[str, Any] | None = None) -> Any:
+    """The classifier a trial config describes (architecture, preset, vocabulary, classes).
+
+    A pretrained cell (``config["pretrained"]``) starts from the pretrained encoder, whose model
+    folder's files arrive in ``weights`` (pretraining key -> {file name: bytes}); every other
+    cell starts from the same architecture freshly initialised.
+    """
     from ablate.models.registry import build_classifier
     from ablate.tokenization import PAD_ID, complement_ids, load_tokenizer
 
     inputs = config["inputs"]
     model_cfg = config["model"]
     tokenizer = load_tokenizer(Path(inputs["tokenizer_path"]))
-    return build_classifier(
+    model = build_classifier(
         model_cfg["architecture"],
         preset=model_cfg["preset"],
         vocab_size=inputs["vocab_size"],
         num_classes=inputs["num_classes"],
-        max_len=inputs["token_limit"],
+        max_len=model_cfg.get("max_len") or inputs["token_limit"],
         pad_id=PAD_ID,
         dropout=float(config["hparams"]["dropout"]),
         complement_ids=complement_ids(tokenizer),
         overrides=model_cfg.get("overrides") or None,
     )
+    pretrained = config.get("pretrained")
+    if pretrained:
+        import ray
+
+        from ablate.models.io import load_encoder_weights
+
+        files = (weights or {})[pretrained["key"]]
+        files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in files.items():
+                (Path(folder) / name).write_bytes(content)
+            load_encoder_weights(model, Path(folder))
+    return model
 
 
-def train_trial(config: dict, data: dict[str, Any] | None = None) -> None:
+def train_trial(
+    config: dict, data: dict[str, Any] | None = None, weights: dict[str, Any] | None = None
+) -> None:
     """Ray Tune function trainable; see the module docstring for the config it expects.
 
     ``data`` maps shard-set folders to ``SplitArrays`` (or Ray object refs to them), read once by
@@ -182,7 +202,7 @@ def train_trial(config: dict, data: dict[str, Any] | None = None) -> None:
     arrays = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in arrays]
     train, dev = (SplitTensors.from_arrays(a) for a in arrays)
 
-    model = build_model(config).to(device)
+    model = build_model(config, weights).to(device)
     n_params = count_parameters(model)
     batch_size = int(hp["batch_size"])
     steps_per_epoch = math.ceil(len(train) / batch_size)

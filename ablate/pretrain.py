@@ -1,0 +1,553 @@
+"""Masked-LM pretraining of any architecture, as a costed, tracked, resumable stage.
+
+``run_pretraining`` tokenizes a corpus (GUE train splits, or windows sampled from FASTA files)
+into shards, trains the architecture's encoder with a masked-LM head on Ray Train
+(``TorchTrainer``: data-parallel workers, 2 CPU workers locally, GPUs on a cluster), streams the
+shards through Ray Data, checkpoints every ``checkpoint_every`` steps and resumes from the last
+checkpoint when started again with the same spec after a kill. The result is registered in
+MLflow as a run tagged ``ablate.stage=pretrain`` holding the model folder as an artifact and its
+full cost: wall seconds, device-hours, FLOPs and tokens seen.
+
+A pretraining run is identified by a key: a hash of everything that determines it (recipe,
+architecture, preset, overrides, tokenizer, corpus). A finished run with the same key is reused,
+never repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ablate.errors import AblateError
+from ablate.spec import PretrainRecipe
+
+PRETRAIN_EXPERIMENT = "ablate-pretraining"
+TAG_KEY = "ablate.pretrain_key"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """One concrete pretraining run: a recipe applied to one model and one tokenizer."""
+
+    name: str
+    recipe: PretrainRecipe
+    architecture: str
+    preset: str
+    overrides: dict
+    tokenizer_value: str
+    tokenizer_path: str
+    gue_dir: str | None
+    token_limit: int
+
+    @property
+    def key(self) -> str:
+        """Content hash of everything that determines the pretrained weights."""
+        from ablate.tokenization import load_tokenizer, tokenizer_hash
+
+        corpus = self.recipe.corpus
+        sources = []
+        if corpus.fasta:
+            sources = [_file_sha256(Path(p)) for p in corpus.fasta]
+        elif corpus.gue_tasks:
+            from ablate.data.gue import split_path
+
+            sources = [
+                _file_sha256(split_path(self.gue_dir, t, "train")) for t in corpus.gue_tasks
+            ]
+        payload = {
+            "recipe": self.recipe.model_dump(mode="json"),
+            "architecture": self.architecture,
+            "preset": self.preset,
+            "overrides": self.overrides,
+            "tokenizer": tokenizer_hash(load_tokenizer(Path(self.tokenizer_path))),
+            "sources": sources,
+            "token_limit": self.token_limit,
+        }
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    run_id: str
+    key: str
+    model_dir: str
+    wall_seconds: float
+    device_hours: float
+    flops: float
+    tokens_seen: int
+    reused: bool
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- corpus ----------------------------------------------------------------------------------
+
+
+def sample_fasta_windows(
+    paths: list[Path], *, window_bp: int, windows: int, seed: int, max_tries: int = 50
+) -> list[str]:
+    """Sample ``windows`` windows of ``window_bp`` bases from FASTA files, skipping N runs.
+
+    Records are chosen in proportion to their length; a window holding any N is redrawn (up to
+    ``max_tries`` times per window), so assembly gaps and masked runs never enter the corpus.
+    """
+    import pyfaidx
+
+    records = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise AblateError(f"{path}: FASTA file not found (corpus.fasta)")
+        try:
+            fasta = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=True)
+        except Exception as exc:  # pyfaidx raises several types for malformed input
+            raise AblateError(f"{path}: not a readable FASTA file ({exc})") from None
+        records += [(fasta, name, len(fasta[name])) for name in fasta.keys()]
+    records = [r for r in records if r[2] >= window_bp]
+    if not records:
+        raise AblateError(
+            f"no FASTA record in {[str(p) for p in paths]} is at least {window_bp} bp long "
+            "(lower corpus.window_bp)"
+        )
+    weights = np.array([r[2] - window_bp + 1 for r in records], dtype=float)
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for _ in range(windows):
+        for _try in range(max_tries):
+            fasta, name, length = records[rng.choice(len(records), p=weights / weights.sum())]
+            start = int(rng.integers(0, length - window_bp + 1))
+            window = str(fasta[name][start : start + window_bp])
+            if "N" not in window:
+                out.append(window)
+                break
+    if len(out) < windows // 2:
+        raise AblateError(
+            f"only {len(out)} of {windows} FASTA windows of {window_bp} bp are free of N"
+        )
+    return out
+
+
+def corpus_sequences(job: PretrainJob) -> tuple[list[str], str, int]:
+    """(sequences, source description, bp cut) of a job's corpus. Never reads dev or test."""
+    corpus = job.recipe.corpus
+    if corpus.fasta:
+        paths = [Path(p) for p in corpus.fasta]
+        seqs = sample_fasta_windows(
+            paths, window_bp=corpus.window_bp, windows=corpus.windows, seed=job.recipe.seed
+        )
+        return seqs, "fasta:" + ",".join(str(p) for p in paths), corpus.window_bp
+    from ablate.data.gue import get_dataset, read_split
+
+    if not corpus.gue_tasks or job.gue_dir is None:
+        raise AblateError("a pretraining corpus needs gue_tasks with a GUE folder, or fasta")
+    seqs: list[str] = []
+    length = 0
+    for task in corpus.gue_tasks:
+        bp = get_dataset(task).length_bp
+        length = max(length, bp)
+        seqs += [s[:bp] for s in read_split(job.gue_dir, task, "train").sequences]
+    random.Random(job.recipe.seed).shuffle(seqs)
+    return seqs, "gue-train:" + ",".join(corpus.gue_tasks), length
+
+
+def prepare_corpus_shards(job: PretrainJob, work_dir: Path) -> Path:
+    """Tokenize the corpus once into shards (labels unused), cached by the job's key."""
+    from tokenizers import Tokenizer
+
+    from ablate.shards import write_shards
+    from ablate.tokenization import tokenizer_hash
+
+    tokenizer = Tokenizer.from_file(job.tokenizer_path)
+    seqs, source, length_bp = corpus_sequences(job)
+    return write_shards(
+        seqs,
+        np.zeros(len(seqs), dtype=np.int32),
+        tokenizer,
+        root=Path(work_dir) / "pretrain_shards",
+        source=source,
+        source_sha256=job.key,
+        tokenizer_hash=tokenizer_hash(tokenizer),
+        length_bp=length_bp,
+        rows_per_shard=20_000,
+    )
+
+
+# --- the Ray Train worker loop ---------------------------------------------------------------
+
+
+def _batches(shard: Any, batch_size: int, pad_id: int, width: int) -> Iterator[Any]:
+    import torch
+
+    from ablate.shards import pad_token_lists
+
+    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                    drop_last=True):
+        column = table.column("input_ids").combine_chunks()
+        ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(),
+                                       pad_id, width)
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        yield torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask)
+
+
+def _mlm_loss(model: Any, ids: Any, mask: Any, labels: Any, vocab_size: int, device: Any) -> Any:
+    import torch
+
+    from ablate.training import autocast_context
+
+    with autocast_context(device):
+        logits = model(ids, mask)
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, vocab_size), labels.reshape(-1), ignore_index=-100
+    )
+
+
+def pretrain_worker(config: dict) -> None:
+    """Ray Train per-worker loop: masked-LM steps, checkpoints, metrics, resume."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import get_linear_schedule_with_warmup
+
+    from ablate.models.io import save_model
+    from ablate.models.mlm import mask_tokens
+    from ablate.models.registry import build_mlm
+    from ablate.tokenization import MASK_ID, PAD_ID, complement_ids, load_tokenizer
+
+    recipe = PretrainRecipe.model_validate(config["recipe"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(recipe.seed + rank)
+    tokenizer = load_tokenizer(Path(config["tokenizer_path"]))
+    vocab_size = tokenizer.get_vocab_size()
+    model = build_mlm(
+        config["architecture"],
+        preset=config["preset"],
+        vocab_size=vocab_size,
+        max_len=config["token_limit"],
+        pad_id=PAD_ID,
+        complement_ids=complement_ids(tokenizer),
+        overrides=config["overrides"] or None,
+    )
+    bare = model
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(recipe.warmup_ratio * recipe.max_steps), recipe.max_steps
+    )
+    state = {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / "trainer_state.pt", map_location=device,
+                               weights_only=False)
+        bare.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    resumed_from = state["step"]
+
+    generator = torch.Generator().manual_seed(recipe.seed * 7919 + rank + state["step"])
+    shard = ray.train.get_dataset_shard("train")
+    flops_per_step = None
+    started = time.perf_counter()
+    last_report = started
+    loss_sum, loss_count = 0.0, 0
+    while state["step"] < recipe.max_steps:
+        produced = False
+        for ids, mask in _batches(shard, recipe.batch_size, PAD_ID, config["width"]):
+            produced = True
+            masked, labels = mask_tokens(ids, mask, vocab_size=vocab_size,
+                                         mask_prob=recipe.mask_prob, generator=generator,
+                                         mask_id=MASK_ID)
+            masked, mask, labels = masked.to(device), mask.to(device), labels.to(device)
+
+            if flops_per_step is None:  # counted once, on this worker's first batch
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    _mlm_loss(model, masked, mask, labels, vocab_size, device).backward()
+                optimizer.zero_grad(set_to_none=True)
+                flops_per_step = float(counter.get_total_flops())
+            loss = _mlm_loss(model, masked, mask, labels, vocab_size, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            # Counted over all workers: every worker processes the same batch shape.
+            state["tokens_seen"] += int(mask.sum().item()) * world
+            state["flops"] += flops_per_step * world
+            loss_sum += loss.item()
+            loss_count += 1
+            done = state["step"] >= recipe.max_steps
+            if state["step"] % recipe.checkpoint_every == 0 or done:
+                now = time.perf_counter()
+                state["wall_seconds"] += now - last_report
+                last_report = now
+                metrics = {
+                    "step": state["step"],
+                    "mlm_loss": loss_sum / max(loss_count, 1),
+                    "tokens_seen": state["tokens_seen"],
+                    "flops": state["flops"],
+                    "wall_seconds": state["wall_seconds"],
+                    "resumed_from_step": resumed_from,
+                }
+                loss_sum, loss_count = 0.0, 0
+                with tempfile.TemporaryDirectory() as folder:
+                    if rank == 0:
+                        torch.save(
+                            {
+                                "model": bare.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(),
+                                "state": state,
+                            },
+                            Path(folder) / "trainer_state.pt",
+                        )
+                        save_model(bare, Path(folder) / MODEL_ARTIFACT)
+                        ckpt = ray.train.Checkpoint.from_directory(folder)
+                    else:
+                        ckpt = None
+                    ray.train.report(metrics, checkpoint=ckpt)
+            if done:
+                break
+        if not produced:
+            raise RuntimeError("the pretraining corpus gave this worker no full batch")
+
+
+# --- the driver side -------------------------------------------------------------------------
+
+
+def find_finished(client: Any, key: str) -> Any | None:
+    """The most recent FINISHED pretraining run with this key, if any."""
+    experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def model_dir_of(client: Any, run: Any, work_dir: Path) -> Path:
+    """Local copy of a pretraining run's model folder (downloaded once from MLflow)."""
+    target = Path(work_dir) / "pretrained" / run.data.tags[TAG_KEY]
+    if not (target / MODEL_ARTIFACT / "config.json").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=".dl-", dir=_ensure(target.parent)))
+        client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, str(staging))
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(staging, target)
+    return target / MODEL_ARTIFACT
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _result_from_run(client: Any, run: Any, work_dir: Path, reused: bool) -> PretrainResult:
+    metrics = run.data.metrics
+    return PretrainResult(
+        run_id=run.info.run_id,
+        key=run.data.tags[TAG_KEY],
+        model_dir=str(model_dir_of(client, run, work_dir)),
+        wall_seconds=float(metrics.get("wall_seconds", 0.0)),
+        device_hours=float(metrics.get("device_hours", 0.0)),
+        flops=float(metrics.get("flops", 0.0)),
+        tokens_seen=int(metrics.get("tokens_seen", 0)),
+        reused=reused,
+    )
+
+
+def run_pretraining(
+    job: PretrainJob,
+    *,
+    tracking_uri: str,
+    work_dir: Path,
+    storage: str | None = None,
+    progress: Callable[[str], None] = print,
+    extra_tags: dict[str, str] | None = None,
+) -> PretrainResult:
+    """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key)."""
+    import ray
+    import ray.data
+    import ray.train
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+    from ray.train.torch import TorchTrainer
+
+    from ablate.shards import ShardManifest
+    from ablate.tracking import get_or_create_experiment
+
+    client = MlflowClient(tracking_uri)
+    key = job.key
+    finished = find_finished(client, key)
+    if finished is not None:
+        progress(f"pretraining {job.name} ({key}) already done: run {finished.info.run_id}")
+        return _result_from_run(client, finished, work_dir, reused=True)
+
+    progress(f"pretraining {job.name} ({key}): tokenizing the corpus")
+    shard_dir = prepare_corpus_shards(job, work_dir)
+    manifest = ShardManifest.read(shard_dir)
+    recipe = job.recipe
+    storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5)
+    trainer = TorchTrainer(
+        pretrain_worker,
+        train_loop_config={
+            "recipe": recipe.model_dump(mode="json"),
+            "architecture": job.architecture,
+            "preset": job.preset,
+            "overrides": job.overrides,
+            "tokenizer_path": job.tokenizer_path,
+            "token_limit": job.token_limit,
+            "width": manifest.max_tokens,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=recipe.workers,
+            use_gpu=recipe.use_gpu,
+            resources_per_worker={"CPU": recipe.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # Same key, same name: starting again after a kill resumes from the last checkpoint.
+            name=f"pretrain-{key}",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+        datasets={"train": dataset},
+    )
+    progress(
+        f"pretraining {job.architecture}/{job.preset} with {job.tokenizer_value} on "
+        f"{manifest.num_rows} sequences: {recipe.max_steps} steps x {recipe.workers} workers"
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    elapsed = time.perf_counter() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
+    metrics = result.metrics or {}
+    devices = recipe.workers  # one GPU per worker with use_gpu, else one CPU worker each
+    # The full cost: the whole fit (workers' start-up, data, steps), not only the step time.
+    wall_seconds = max(elapsed, float(metrics.get("wall_seconds", 0.0)))
+    device_hours = wall_seconds / 3600 * devices
+
+    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
+    tags = {
+        "ablate.stage": "pretrain",
+        TAG_KEY: key,
+        "ablate.pretrain_name": job.name,
+        "ablate.architecture": job.architecture,
+        "ablate.tokenizer": job.tokenizer_value,
+        "ablate.device_type": "gpu" if recipe.use_gpu else "cpu",
+        **(extra_tags or {}),
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=f"{job.name}-{job.architecture}")
+    run_id = run.info.run_id
+    params = {
+        **{k: v for k, v in recipe.model_dump(mode="json").items() if k != "corpus"},
+        **{f"corpus.{k}": v for k, v in recipe.corpus.model_dump(mode="json").items()},
+        "architecture": job.architecture,
+        "preset": job.preset,
+        "tokenizer": job.tokenizer_value,
+        "corpus_sequences": manifest.num_rows,
+    }
+    now = int(time.time() * 1000)
+    values = {
+        "wall_seconds": wall_seconds,
+        "step_seconds": float(metrics.get("wall_seconds", 0.0)),
+        "device_hours": device_hours,
+        "flops": float(metrics.get("flops", 0.0)),
+        "tokens_seen": float(metrics.get("tokens_seen", 0)),
+        "mlm_loss": float(metrics.get("mlm_loss", math.nan)),
+        "steps": float(metrics.get("step", 0)),
+        "devices": float(devices),
+        "resumed_from_step": float(metrics.get("resumed_from_step", 0)),
+    }
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+    )
+    with result.checkpoint.as_directory() as folder:
+        client.log_artifacts(run_id, str(Path(folder) / MODEL_ARTIFACT), MODEL_ARTIFACT)
+    client.set_terminated(run_id, status="FINISHED")
+    progress(
+        f"pretraining {job.name} done: run {run_id}, {wall_seconds:.0f} s, "
+        f"{values['flops']:.3g} FLOPs, final masked-LM loss {values['mlm_loss']:.3f}"
+    )
+    return _result_from_run(client, client.get_run(run_id), work_dir, reused=False)
+
+
+def job_from_spec(spec: Any, progress: Callable[[str], None] = print) -> PretrainJob:
+    """The job a stand-alone pretraining spec (``ablate pretrain``) describes."""
+    from ablate.data.gue import get_dataset
+    from ablate.shards import resolve_tokenizer
+    from ablate.spec import load_search_space
+    from ablate.tokenization import parse_tokenizer_choice, token_limit
+
+    base = Path(spec.base_dir)
+    gue_dir = str(spec.path(spec.gue_dir)) if spec.gue_dir else None
+    corpus = spec.corpus
+    if corpus.fasta:
+        corpus = corpus.model_copy(update={"fasta": [str(spec.path(p)) for p in corpus.fasta]})
+    recipe = PretrainRecipe.model_validate(
+        {**spec.model_dump(include=set(PretrainRecipe.model_fields)), "corpus": corpus}
+    )
+    choice = parse_tokenizer_choice(spec.tokenizer, default_k=spec.tokenizers.kmer_k,
+                                    base_dir=base)
+    if choice.kind == "bpe" and choice.path is None and not corpus.gue_tasks:
+        raise AblateError("tokenizer 'bpe' (trained) needs corpus.gue_tasks to train on; "
+                          "give bpe:PATH to use an existing tokenizer with a FASTA corpus")
+    progress(f"building tokenizer {spec.tokenizer}")
+    _, tok_file = resolve_tokenizer(
+        spec.tokenizer, gue_root=Path(gue_dir) if gue_dir else base,
+        tasks=corpus.gue_tasks or [], work_dir=spec.work_path,
+        kmer_k=spec.tokenizers.kmer_k, bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+        base_dir=base,
+    )
+    if corpus.fasta:
+        bp = corpus.window_bp
+    else:
+        bp = max(get_dataset(t).length_bp for t in corpus.gue_tasks)
+    preset = spec.preset or load_search_space(spec.search_space_path, spec.architecture).preset
+    return PretrainJob(
+        name=spec.name,
+        recipe=recipe,
+        architecture=spec.architecture,
+        preset=preset,
+        overrides=dict(spec.overrides),
+        tokenizer_value=spec.tokenizer,
+        tokenizer_path=str(tok_file),
+        gue_dir=gue_dir,
+        token_limit=token_limit(choice, bp),
+    )
