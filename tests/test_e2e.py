@@ -187,3 +187,48 @@ def test_data_synth_writes_the_layout(tmp_path):
     assert result.returncode == 0, result.stderr
     check = ablate("data", "check", str(tmp_path / "syn"), cwd=tmp_path, timeout=120)
     assert "28 datasets found: 28 complete" in check.stdout
+
+
+def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
+    """`pretraining: [none, mlm:small]`: one pretraining run, reused, linked from its cell."""
+    from mlflow import MlflowClient
+
+    from ablate.pretrain import PRETRAIN_EXPERIMENT
+
+    spec = write_spec(
+        tmp_path,
+        name="pretrain-e2e",
+        data={"synthetic": {"scale": 0.1, "seed": 2}, "tasks": ["prom/prom_core_tata"]},
+        axes={"architecture": ["convnova"], "pretraining": ["none", "mlm:small"],
+              "tokenizer": ["char"]},
+        budget={"trials_per_cell": 2, "max_epochs": 1, "concurrent_trials": 2},
+        pretrain_specs={"small": {"max_steps": 20, "batch_size": 16, "checkpoint_every": 10}},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    for attempt in range(2):  # the second launch must reuse the finished pretraining
+        run = ablate("run", str(spec), cwd=tmp_path)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        if attempt == 1:
+            assert "already done" in run.stdout
+
+    client = MlflowClient(uri)
+    pretrain_runs = client.search_runs(
+        [client.get_experiment_by_name(PRETRAIN_EXPERIMENT).experiment_id]
+    )
+    assert len(pretrain_runs) == 1
+    (pretrain_run,) = pretrain_runs
+    assert pretrain_run.data.tags["ablate.architecture"] == "convnova"
+    assert pretrain_run.data.metrics["flops"] > 0
+
+    from ablate.analysis import latest_sweep, trials
+
+    _, sweep = latest_sweep(uri, "pretrain-e2e")
+    frame = trials(uri, "pretrain-e2e", sweep)
+    assert len(frame) == 4
+    by_cell = frame.groupby("tags.ablate.pretraining")
+    pretrained = by_cell.get_group("mlm:small")
+    scratch = by_cell.get_group("none")
+    assert (pretrained["tags.ablate.pretrain_run_id"] == pretrain_run.info.run_id).all()
+    assert scratch["tags.ablate.pretrain_run_id"].isna().all()  # from scratch: no link
+    # Same architecture, same tokenizer, same hyperparameter draws: only pretraining differs.
+    assert sorted(pretrained["params.learning_rate"]) == sorted(scratch["params.learning_rate"])
