@@ -10,8 +10,9 @@ every cell gets, and where data and tracking live::
     seed: 0
     tracking: {uri: sqlite:///mlruns.db}
 
-Relative paths in a spec are resolved against the spec file's folder, and ``${VAR}`` is expanded
-from the environment. Every mistake raises ``AblateError`` naming the key and the allowed values.
+Relative paths in a spec are resolved against the current directory (as MLflow resolves
+``sqlite:///mlruns.db``), and ``${VAR}`` is expanded from the environment. Every mistake raises
+``AblateError`` naming the key and the allowed values.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class BudgetSpec(_Strict):
     startup_trials: int | None = Field(
         None, ge=1, description="random trials before TPE models a cell (default: half budget)"
     )
+    patience: int | None = Field(
+        None, ge=1, description="a trial ends after this many epochs without a better dev MCC"
+    )
 
     @model_validator(mode="after")
     def _grace_within_max(self) -> BudgetSpec:
@@ -186,7 +190,7 @@ class StudySpec(_Strict):
     search_space_dir: str | None = None
     work_dir: str = ".ablate"
     metric: Literal["best_dev_mcc"] = "best_dev_mcc"
-    # Set by load_study: the folder relative paths are resolved against.
+    # Set by load_study: the folder relative paths are resolved against (the current one).
     base_dir: str = "."
 
     @field_validator("models")
@@ -209,7 +213,7 @@ class StudySpec(_Strict):
         return self
 
     def path(self, value: str) -> Path:
-        """Resolve a path from the spec: expand ``${VAR}`` and ``~``, relative to the spec."""
+        """Resolve a path from the spec: expand ``${VAR}`` and ``~``; relative to ``base_dir``."""
         return _resolve(value, Path(self.base_dir))
 
     @property
@@ -292,7 +296,7 @@ def _read_yaml(path: str | Path, what: str) -> Any:
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study spec file."""
     data = _read_yaml(path, "study spec")
-    return parse_study(data, source=str(path), base_dir=Path(path).resolve().parent)
+    return parse_study(data, source=str(path), base_dir=Path.cwd())
 
 
 class PretrainSpec(PretrainRecipe):
@@ -328,7 +332,7 @@ def load_pretrain_spec(path: str | Path) -> PretrainSpec:
         raise AblateError(f"{path}: a pretraining spec must be a YAML mapping")
     if "base_dir" in data:
         raise AblateError(f"{path}: base_dir: unknown key; check the spelling")
-    data = {**data, "base_dir": str(Path(path).resolve().parent)}
+    data = {**data, "base_dir": str(Path.cwd())}
     try:
         spec = PretrainSpec.model_validate(data)
     except ValidationError as exc:

@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 
 from ablate.errors import AblateError
 from ablate.spec import Cell, ParamSpec, SearchSpace, StudySpec
+from ablate.training import ran_to_end
 
 METRIC = "best_dev_mcc"
 MODE = "max"
@@ -74,6 +75,7 @@ class CellSearcher(Searcher):
         max_concurrent: int,
         seed: int,
         startup_trials: int | None = None,
+        patience: int | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode=MODE)
         self.cell_names = [c.name for c in cells]
@@ -82,6 +84,7 @@ class CellSearcher(Searcher):
         self.templates = trial_templates
         self.trials_per_cell = trials_per_cell
         self.max_epochs = max_epochs
+        self.patience = patience
         self.max_concurrent = max_concurrent
         self.seed = seed
         n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
@@ -123,6 +126,7 @@ class CellSearcher(Searcher):
             # Replicate pairing: the n-th trial of every cell trains with the same seed.
             "seed": self.seed * 100_003 + trial.number,
             "max_epochs": self.max_epochs,
+            "patience": self.patience,
         }
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -142,7 +146,7 @@ class CellSearcher(Searcher):
             return
         # The result that made ASHA stop a trial never reached on_trial_result: record it here.
         self._report(issued, result)
-        if int(result.get("training_iteration", 0)) < self.max_epochs:
+        if not ran_to_end(result, self.max_epochs):
             study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(issued.trial, float(result[self.metric]))
@@ -235,8 +239,8 @@ class TrialProgress(Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = (trial.last_result or {}).get("training_iteration", 0)
-        self._line(trial, "completed" if epochs >= self.max_epochs else "stopped early")
+        done = ran_to_end(trial.last_result or {}, self.max_epochs)
+        self._line(trial, "completed" if done else "stopped early")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
@@ -530,6 +534,7 @@ def run_study(
         max_concurrent=spec.budget.concurrent_trials,
         seed=spec.seed,
         startup_trials=spec.budget.startup_trials,
+        patience=spec.budget.patience,
     )
     scheduler = CellScheduler(
         [c.name for c in cells],

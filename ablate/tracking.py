@@ -44,6 +44,7 @@ LOGGED_METRICS = (
     "flops",
     "train_samples_per_second",
     "n_params",
+    "best_epoch",
 )
 
 
@@ -198,8 +199,10 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
-        epochs = int((trial.last_result or {}).get("training_iteration", 0))
-        outcome = "completed" if epochs >= self.max_epochs else "pruned"
+        from ablate.training import ran_to_end
+
+        done = ran_to_end(trial.last_result or {}, self.max_epochs)
+        outcome = "completed" if done else "pruned"
         self.client.set_tag(run_id, TAG_OUTCOME, outcome)
         self.client.set_terminated(run_id, status="FINISHED")
 

@@ -56,6 +56,14 @@ class SplitTensors:
         )
 
 
+def ran_to_end(result: dict, max_epochs: int) -> bool:
+    """Whether a trial's last result ends it by its own rule (max epochs or dev patience).
+
+    Anything else that ends a trial early (ASHA) makes it a pruned trial, not a completed one.
+    """
+    return bool(result.get("finished")) or int(result.get("training_iteration", 0)) >= max_epochs
+
+
 def pick_device() -> Any:
     """The GPU Ray assigned to this trial if there is one, else the CPU."""
     import torch
@@ -187,6 +195,7 @@ def train_trial(
     hp = {**DEFAULT_HPARAMS, **config["hparams"]}
     seed = int(config["seed"])
     max_epochs = int(config["max_epochs"])
+    patience = config.get("patience")
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     device = pick_device()
@@ -225,7 +234,8 @@ def train_trial(
                       for t in (dev.input_ids, dev.attention_mask, dev.labels))
     dev_flops_per_sample = count_step_flops(model, dev_probe, backward=False) / len(dev_probe[2])
 
-    state = {"epoch": 0, "best_dev_mcc": -1.0, "wall_seconds": 0.0, "flops": 0.0}
+    state = {"epoch": 0, "best_dev_mcc": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
+             "flops": 0.0}
     setup_seconds = time.perf_counter() - setup_start
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -277,6 +287,9 @@ def train_trial(
             # The checkpoint keeps the best model seen on dev next to the latest state.
             best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             state["best_dev_mcc"] = dev_metrics["mcc"]
+            state["best_epoch"] = epoch
+        # Early stopping on dev: the same patience rule in every cell.
+        out_of_patience = patience is not None and epoch - state["best_epoch"] >= int(patience)
         metrics = {
             "epoch": epoch,
             "dev_mcc": dev_metrics["mcc"],
@@ -290,6 +303,8 @@ def train_trial(
             "flops": state["flops"],
             "train_samples_per_second": seen / max(train_seconds, 1e-9),
             "n_params": n_params,
+            "best_epoch": state["best_epoch"],
+            "finished": int(epoch >= max_epochs or out_of_patience),
         }
         with tempfile.TemporaryDirectory() as folder:
             torch.save(
@@ -303,3 +318,5 @@ def train_trial(
                 Path(folder) / "state.pt",
             )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if out_of_patience:
+            break

@@ -37,7 +37,8 @@ def _with(path, value):
     return data
 
 
-def test_issue_example_spec_parses_and_expands(tmp_path):
+def test_issue_example_spec_parses_and_expands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "smoke.yaml"
     path.write_text(textwrap.dedent("""
         name: smoke
@@ -48,7 +49,7 @@ def test_issue_example_spec_parses_and_expands(tmp_path):
         tracking: {uri: sqlite:///mlruns.db}
     """))
     spec = load_study(path)
-    assert spec.path(spec.data.gue_dir) == tmp_path / "GUE"  # relative to the spec file
+    assert spec.path(spec.data.gue_dir) == tmp_path / "GUE"  # relative to the current dir
     cells = expand_cells(spec)
     assert len(cells) == 4
     assert cells[0].name == "convnova|none|char|prom/prom_core_tata"

@@ -127,3 +127,11 @@ def test_asha_compares_trials_only_within_their_cell():
     poor = stub("s3", strong)
     per_cell.on_trial_add(None, poor)
     assert per_cell.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
+
+
+def test_patience_ends_a_trial_as_complete_not_pruned():
+    searcher = make_searcher(trials=1, concurrent=2, max_epochs=6)
+    searcher.suggest("patient")
+    searcher.on_trial_complete("patient", {**result(0.4, 3), "finished": 1})
+    (trial,) = searcher.studies[CELLS[0].name].trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.4)
