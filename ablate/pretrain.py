@@ -398,6 +398,7 @@ def run_pretraining(
     import ray
     import ray.data
     import ray.train
+    import ray.util
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
     from ray.train.torch import TorchTrainer
@@ -420,7 +421,9 @@ def run_pretraining(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5)
+    # The corpus shards sit on the driver's node: read them there.
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5, resources=here)
     trainer = TorchTrainer(
         pretrain_worker,
         train_loop_config={

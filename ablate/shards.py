@@ -174,6 +174,7 @@ def read_shard_sets(
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray.data
+    import ray.util
 
     manifests = {folder: ShardManifest.read(Path(folder)) for folder in folders}
     owner = {
@@ -185,8 +186,11 @@ def read_shard_sets(
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same rows in the same order: reproducible
+    # The shards were written on this (the driver's) node: run the reads here, not on a worker
+    # node that cannot see the files.
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
     dataset = ray.data.read_parquet(
-        sorted(owner), include_paths=True, num_cpus=read_cpus
+        sorted(owner), include_paths=True, num_cpus=read_cpus, resources=here
     )
     pieces: dict[str, list] = {folder: [] for folder in folders}
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):

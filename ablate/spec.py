@@ -222,9 +222,11 @@ class StudySpec(_Strict):
 
     @property
     def search_space_path(self) -> Path:
-        if self.search_space_dir is None:
-            return DEFAULT_SEARCH_SPACE_DIR
-        return self.path(self.search_space_dir)
+        """``search_space_dir`` if set, else ``./search_spaces`` if present, else the project's."""
+        if self.search_space_dir is not None:
+            return self.path(self.search_space_dir)
+        local = Path(self.base_dir) / "search_spaces"
+        return local if local.is_dir() else DEFAULT_SEARCH_SPACE_DIR
 
 
 def _check_allowed(values: list[str], allowed: tuple[str, ...]) -> list[str]:
