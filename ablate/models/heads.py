@@ -1,14 +1,16 @@
-"""Pooling and the classification head shared by every architecture.
+"""The heads shared by every architecture: classification and masked language modelling.
 
-Every encoder exposes `hidden_size` and `forward(input_ids, attention_mask)` returning hidden
-states (B x L x hidden_size); `SequenceClassifier` turns those into logits the same way for all
-of them, so architectures differ only in their encoder.
+Every encoder exposes `hidden_size`, `config.vocab_size` and `forward(input_ids, attention_mask)`
+returning hidden states (B x L x hidden_size). `SequenceClassifier` turns those into sequence
+logits and `MaskedLanguageModel` into per-token vocabulary logits, the same way for all of them,
+so architectures differ only in their encoder.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -45,3 +47,48 @@ class SequenceClassifier(nn.Module):
         """input_ids, attention_mask (B x L) -> logits (B x num_classes)."""
         hidden = self.encoder(input_ids, attention_mask)
         return self.head(masked_mean_pool(hidden, attention_mask))
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head: Linear, GELU, LayerNorm, then a linear decoder to the vocabulary.
+
+    The decoder is not tied to the input embeddings: ConvNova has no embedding matrix to tie it
+    to, and one rule for every architecture keeps the comparison even.
+    """
+
+    def __init__(self, hidden_size: int, vocab_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (B x L x H) -> logits (B x L x vocab_size)."""
+        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+
+
+class MaskedLanguageModel(nn.Module):
+    """An encoder and a masked-LM head: per-token logits over the encoder's vocabulary."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = MaskedLMHead(encoder.hidden_size, encoder.config.vocab_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask (B x L) -> logits (B x L x vocab_size)."""
+        return self.head(self.encoder(input_ids, attention_mask))
+
+    def loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy over positions whose label is not -100 (see `mask_tokens`).
+
+        A batch with no labelled position gives a zero loss (still connected to the graph).
+        """
+        logits = self(input_ids, attention_mask)
+        if not (labels != -100).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+        )

@@ -1,4 +1,4 @@
-"""Names of the architectures and their presets, and the one function that builds a model.
+"""Names of the architectures and their presets, and the functions that build models.
 
 Importing this module does not import torch or transformers (the architecture modules are
 imported when a model is built), so specs and the CLI can check names cheaply.
@@ -7,6 +7,8 @@ imported when a model is built), so specs and the CLI can check names cheaply.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ablate.errors import AblateError
@@ -14,9 +16,17 @@ from ablate.errors import AblateError
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from ablate.models.heads import SequenceClassifier
+    from ablate.models.heads import MaskedLanguageModel, SequenceClassifier
 
-ARCHITECTURES: tuple[str, ...] = ("convnova", "transformer")
+ARCHITECTURES: tuple[str, ...] = ("convnova", "transformer", "unet", "cnn")
+
+# architecture -> (module, config class, encoder class), imported on first use
+_CLASSES: dict[str, tuple[str, str, str]] = {
+    "convnova": ("ablate.models.convnova", "ConvNovaConfig", "ConvNova"),
+    "transformer": ("ablate.models.transformer", "TransformerConfig", "TransformerEncoder"),
+    "unet": ("ablate.models.unet", "UNetConfig", "UNet"),
+    "cnn": ("ablate.models.cnn", "CNNConfig", "CNN"),
+}
 
 # Config values of each preset; build arguments and overrides are applied on top.
 _PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
@@ -31,6 +41,24 @@ _PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "transformer": {
         "tiny": {"hidden_size": 64, "n_layers": 2, "n_heads": 2, "intermediate_size": 128},
         "small": {"hidden_size": 256, "n_layers": 4, "n_heads": 4, "intermediate_size": 1024},
+        # DNABERT-2's shape on ModernBERT layers (see transformer.py). With the 4,096-token BPE
+        # vocabulary the encoder has 116,467,200 parameters; DNABERT-2 has 117,068,544
+        # (its "117M"), of which 590,592 are the pooler we replace by mean pooling, 9,216 the
+        # feed-forward output biases ModernBERT cannot have and 1,536 token-type embeddings.
+        "dnabert2-base": {"hidden_size": 768, "n_layers": 12, "n_heads": 12,
+                          "intermediate_size": 3072},
+    },
+    "unet": {
+        # small enough for CPU tests
+        "tiny": {"hidden_size": 16, "depth": 2, "growth": 2, "kernel_size": 5},
+        # widths 64, 128, 256 and a 512-channel bottleneck at 1/8 of the length
+        "base": {"hidden_size": 64, "depth": 3, "growth": 2, "kernel_size": 5},
+    },
+    "cnn": {
+        # small enough for CPU tests
+        "tiny": {"hidden_size": 32, "n_layers": 3, "first_kernel_size": 9, "kernel_size": 5},
+        # Basset's depth and first-kernel width at full resolution (see cnn.py)
+        "base": {"hidden_size": 256, "n_layers": 3, "first_kernel_size": 19, "kernel_size": 11},
     },
 }
 
@@ -42,14 +70,10 @@ PRESETS: dict[str, tuple[str, ...]] = {
 _FROM_ARGUMENTS = ("vocab_size", "max_len", "pad_id", "complement_ids")
 
 
-def _config_class(architecture: str) -> type:
-    if architecture == "convnova":
-        from ablate.models.convnova import ConvNovaConfig
-
-        return ConvNovaConfig
-    from ablate.models.transformer import TransformerConfig
-
-    return TransformerConfig
+def _classes(architecture: str) -> tuple[type, type]:
+    module_name, config_name, encoder_name = _CLASSES[architecture]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, encoder_name)
 
 
 def _check_names(architecture: str, preset: str) -> None:
@@ -77,7 +101,7 @@ def build_encoder(
 ) -> nn.Module:
     """Build an encoder (token ids -> B x L x hidden_size); see `build_classifier`."""
     _check_names(architecture, preset)
-    config_class = _config_class(architecture)
+    config_class, encoder_class = _classes(architecture)
     fields = [f.name for f in dataclasses.fields(config_class)]
     allowed = [name for name in fields if name not in _FROM_ARGUMENTS]
     for name in overrides or {}:
@@ -98,14 +122,35 @@ def build_encoder(
         config = config_class(**values)
     except TypeError as error:  # e.g. a string where a number belongs
         raise AblateError(f"bad {architecture} config value in overrides: {error}") from error
+    return encoder_class(config)
 
-    if architecture == "convnova":
-        from ablate.models.convnova import ConvNova
 
-        return ConvNova(config)
-    from ablate.models.transformer import TransformerEncoder
+def encoder_from_config(architecture: str, values: dict[str, Any]) -> nn.Module:
+    """Build an encoder from all of its config fields (as `encoder_config` returns them)."""
+    if architecture not in ARCHITECTURES:
+        raise AblateError(
+            f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}"
+        )
+    config_class, encoder_class = _classes(architecture)
+    try:
+        config = config_class(**values)
+    except TypeError as error:  # a missing, unknown or badly typed field
+        raise AblateError(f"bad {architecture} config: {error}") from error
+    return encoder_class(config)
 
-    return TransformerEncoder(config)
+
+def architecture_of(encoder: nn.Module) -> str:
+    """The architecture name of an encoder built by `build_encoder`."""
+    for architecture, (module_name, _, encoder_name) in _CLASSES.items():
+        module = sys.modules.get(module_name)  # an instance implies its module is imported
+        if module is not None and isinstance(encoder, getattr(module, encoder_name)):
+            return architecture
+    raise AblateError(f"{type(encoder).__name__} is not an encoder of: {', '.join(ARCHITECTURES)}")
+
+
+def encoder_config(encoder: nn.Module) -> dict[str, Any]:
+    """All config fields of an encoder (enough for `encoder_from_config` to rebuild it)."""
+    return dataclasses.asdict(encoder.config)
 
 
 def build_classifier(
@@ -126,8 +171,8 @@ def build_classifier(
     preset: one of `PRESETS[architecture]`.
     vocab_size: the tokenizer's vocabulary size.
     num_classes: number of labels.
-    max_len: longest input in tokens (used by the transformer's position table; ConvNova has
-        no length limit).
+    max_len: longest input in tokens (the transformer refuses longer inputs; the convolutional
+        architectures have no length limit).
     pad_id: the tokenizer's padding id.
     dropout: dropout of the encoder and of the head (overrides may set the encoder's apart).
     complement_ids: ConvNova's token -> base-complement token table (ignored by others).
@@ -153,3 +198,33 @@ def build_classifier(
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters of `module` (shared parameters counted once)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def build_mlm(
+    architecture: str,
+    *,
+    preset: str,
+    vocab_size: int,
+    max_len: int,
+    pad_id: int = 3,
+    dropout: float = 0.1,
+    complement_ids: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> MaskedLanguageModel:
+    """Build an encoder with a masked-LM head (logits over the vocabulary at every position).
+
+    Arguments as for `build_classifier`. Pair it with `ablate.models.mlm.mask_tokens`.
+    """
+    from ablate.models.heads import MaskedLanguageModel
+
+    encoder = build_encoder(
+        architecture,
+        preset=preset,
+        vocab_size=vocab_size,
+        max_len=max_len,
+        pad_id=pad_id,
+        dropout=dropout,
+        complement_ids=complement_ids,
+        overrides=overrides,
+    )
+    return MaskedLanguageModel(encoder)
