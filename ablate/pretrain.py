@@ -554,3 +554,52 @@ def job_from_spec(spec: Any, progress: Callable[[str], None] = print) -> Pretrai
         gue_dir=gue_dir,
         token_limit=token_limit(choice, bp),
     )
+
+
+def register_external(
+    name: str,
+    folder: Path,
+    *,
+    device_hours: float,
+    tracking_uri: str,
+    extra_tags: dict[str, str] | None = None,
+) -> PretrainResult:
+    """Record an external checkpoint as a pretraining run with its declared cost (once)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from ablate.tracking import get_or_create_experiment
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise AblateError(f"{folder}: external checkpoint has no config.json")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(_file_sha256(path).encode())
+    key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}"
+    client = MlflowClient(tracking_uri)
+    finished = find_finished(client, key)
+    if finished is None:
+        experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
+        tags = {
+            "ablate.stage": "pretrain",
+            TAG_KEY: key,
+            "ablate.pretrain_name": name,
+            "ablate.pretrain_kind": "external",
+            "ablate.architecture": "transformer",
+            **(extra_tags or {}),
+        }
+        run = client.create_run(experiment_id, tags=tags, run_name=f"external-{name}")
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run.info.run_id,
+            params=[Param("path", str(folder)), Param("cost_source", "declared")],
+            metrics=[Metric("device_hours", float(device_hours), now, 0)],
+        )
+        client.set_terminated(run.info.run_id, status="FINISHED")
+        finished = client.get_run(run.info.run_id)
+    return PretrainResult(
+        run_id=finished.info.run_id, key=key, model_dir=str(folder), wall_seconds=0.0,
+        device_hours=float(device_hours), flops=0.0, tokens_seen=0, reused=True,
+    )

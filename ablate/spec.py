@@ -168,9 +168,14 @@ class PretrainRecipe(_Strict):
 
 
 class ExternalCheckpoint(_Strict):
-    """A checkpoint pretrained elsewhere (e.g. a local copy of DNABERT-2), with its cost."""
+    """A checkpoint pretrained elsewhere (e.g. a local copy of DNABERT-2), with its cost.
 
-    path: str
+    Its cells use the ``transformer`` architecture slot and only ``tokenizer`` (an axis value
+    that must also be on the study's tokenizer axis, e.g. ``bpe:/models/DNABERT-2``).
+    """
+
+    path: str = Field(description="local folder loadable by transformers' AutoModel")
+    tokenizer: str = Field(description="its tokenizer, as an axis value (bpe:PATH)")
     device_hours: float = Field(ge=0, description="declared pretraining cost")
     trust_remote_code: bool = False
 
@@ -210,6 +215,18 @@ class StudySpec(_Strict):
                     f"axes.pretraining {value!r} names no entry of {key} "
                     f"(defined: {sorted(table) or 'none'})"
                 )
+            if kind == "external":
+                if "transformer" not in self.axes.architecture:
+                    raise ValueError(
+                        f"axes.pretraining {value!r}: external checkpoints take the "
+                        "'transformer' slot; add transformer to axes.architecture"
+                    )
+                if self.external_checkpoints[name].tokenizer not in self.axes.tokenizer:
+                    raise ValueError(
+                        f"external_checkpoints.{name}.tokenizer "
+                        f"{self.external_checkpoints[name].tokenizer!r} must also be on "
+                        "axes.tokenizer"
+                    )
         return self
 
     def path(self, value: str) -> Path:
@@ -370,14 +387,23 @@ class Cell:
 
 
 def expand_cells(spec: StudySpec) -> list[Cell]:
-    """The study's cells in a stable order: task, then architecture, pretraining, tokenizer."""
-    return [
-        Cell(arch, pre, tok, task)
-        for task in spec.data.tasks
-        for arch in spec.axes.architecture
-        for pre in spec.axes.pretraining
-        for tok in spec.axes.tokenizer
-    ]
+    """The study's cells in a stable order: task, then architecture, pretraining, tokenizer.
+
+    An external checkpoint brings its own architecture and tokenizer, so its cells exist only
+    in the ``transformer`` slot with that tokenizer.
+    """
+    cells = []
+    for task in spec.data.tasks:
+        for arch in spec.axes.architecture:
+            for pre in spec.axes.pretraining:
+                for tok in spec.axes.tokenizer:
+                    kind, _, name = pre.partition(":")
+                    if kind == "external" and (
+                        arch != "transformer" or tok != spec.external_checkpoints[name].tokenizer
+                    ):
+                        continue
+                    cells.append(Cell(arch, pre, tok, task))
+    return cells
 
 
 # --- search spaces -------------------------------------------------------------------------

@@ -421,6 +421,27 @@ def pretrain_for_study(
         job_of_cell[cell.name] = key
 
     weights: dict[str, Any] = {}
+    external_runs: dict[str, str] = {}
+    for cell in cells:
+        kind, _, name = cell.pretraining.partition(":")
+        if kind == "external":
+            from ablate.pretrain import register_external
+
+            external = spec.external_checkpoints[name]
+            folder = spec.path(external.path)
+            if name not in external_runs:
+                result = register_external(
+                    name, folder, device_hours=external.device_hours,
+                    tracking_uri=tracking_uri, extra_tags={"ablate.study": spec.name},
+                )
+                files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+                weights[name] = ray.put(files)
+                progress(f"external checkpoint {name}: run {result.run_id}")
+                external_runs[name] = result.run_id
+            templates[cell.name]["pretrained"] = {"run_id": external_runs[name], "key": name}
+            templates[cell.name]["model"]["external"] = {
+                "trust_remote_code": external.trust_remote_code
+            }
     for key, job in jobs.items():
         result = run_pretraining(
             job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,

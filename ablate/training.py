@@ -144,6 +144,9 @@ def build_model(config: dict, weights: dict[str, Any] | None = None) -> Any:
 
     inputs = config["inputs"]
     model_cfg = config["model"]
+    pretrained = config.get("pretrained")
+    if model_cfg.get("external"):
+        return _external_classifier(config, (weights or {})[pretrained["key"]])
     tokenizer = load_tokenizer(Path(inputs["tokenizer_path"]))
     model = build_classifier(
         model_cfg["architecture"],
@@ -156,7 +159,6 @@ def build_model(config: dict, weights: dict[str, Any] | None = None) -> Any:
         complement_ids=complement_ids(tokenizer),
         overrides=model_cfg.get("overrides") or None,
     )
-    pretrained = config.get("pretrained")
     if pretrained:
         import ray
 
@@ -168,6 +170,31 @@ def build_model(config: dict, weights: dict[str, Any] | None = None) -> Any:
             for name, content in files.items():
                 (Path(folder) / name).write_bytes(content)
             load_encoder_weights(model, Path(folder))
+    return model
+
+
+def _external_classifier(config: dict, files: Any) -> Any:
+    """A classifier on an external checkpoint whose files arrive through the object store."""
+    import ray
+
+    from ablate.errors import AblateError
+    from ablate.models.external import build_external_classifier
+
+    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+    with tempfile.TemporaryDirectory(prefix="external-") as folder:
+        for name, content in files.items():
+            (Path(folder) / name).write_bytes(content)
+        model = build_external_classifier(
+            folder,
+            num_classes=config["inputs"]["num_classes"],
+            dropout=float(config["hparams"]["dropout"]),
+            trust_remote_code=bool(config["model"]["external"].get("trust_remote_code")),
+        )
+    if model.encoder.vocab_size < config["inputs"]["vocab_size"]:
+        raise AblateError(
+            f"external checkpoint vocabulary ({model.encoder.vocab_size}) is smaller than its "
+            f"tokenizer's ({config['inputs']['vocab_size']})"
+        )
     return model
 
 
