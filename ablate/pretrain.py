@@ -222,6 +222,8 @@ def _mlm_loss(model: Any, ids: Any, mask: Any, labels: Any, vocab_size: int, dev
 
 def pretrain_worker(config: dict) -> None:
     """Ray Train per-worker loop: masked-LM steps, checkpoints, metrics, resume."""
+    import logging
+
     import ray.train
     import ray.train.torch
     import torch
@@ -233,6 +235,8 @@ def pretrain_worker(config: dict) -> None:
     from ablate.models.registry import build_mlm
     from ablate.tokenization import MASK_ID, PAD_ID, complement_ids, load_tokenizer
 
+    for name in ("ray.train", "ray.tune"):  # per-report "checkpoint created" lines are noise
+        logging.getLogger(name).setLevel(logging.WARNING)
     recipe = PretrainRecipe.model_validate(config["recipe"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -249,6 +253,9 @@ def pretrain_worker(config: dict) -> None:
         overrides=config["overrides"] or None,
     )
     bare = model
+    from ablate.models.registry import count_parameters
+
+    n_params = count_parameters(bare)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(
@@ -314,6 +321,7 @@ def pretrain_worker(config: dict) -> None:
                     "flops": state["flops"],
                     "wall_seconds": state["wall_seconds"],
                     "resumed_from_step": resumed_from,
+                    "n_params": n_params,
                 }
                 loss_sum, loss_count = 0.0, 0
                 with tempfile.TemporaryDirectory() as folder:
@@ -495,6 +503,7 @@ def run_pretraining(
         "steps": float(metrics.get("step", 0)),
         "devices": float(devices),
         "resumed_from_step": float(metrics.get("resumed_from_step", 0)),
+        "n_params": float(metrics.get("n_params", 0)),
     }
     client.log_batch(
         run_id,
