@@ -186,6 +186,15 @@ class StudySpec(_Strict):
     axes: AxesSpec
     budget: BudgetSpec
     seed: int = 0
+    replicates: list[int] = Field(
+        default_factory=list,
+        description="seeds to re-train each cell's best configuration with, evaluated on test "
+        "(the same seeds in every cell, so replicate i is paired); empty: stop after the search",
+    )
+    prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="price per device-hour by device name or kind (cpu, gpu), e.g. {A100: 2.5}",
+    )
     tracking: TrackingSpec = TrackingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     tokenizers: TokenizerOptions = TokenizerOptions()

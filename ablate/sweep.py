@@ -24,7 +24,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 
 from ablate.errors import AblateError
-from ablate.spec import Cell, ParamSpec, SearchSpace, StudySpec
+from ablate.spec import Cell, ParamSpec, SearchSpace, StudySpec, expand_cells
 from ablate.training import ran_to_end
 
 METRIC = "best_dev_mcc"
@@ -259,6 +259,7 @@ class StudyRun:
     storage_path: str
     num_trials: int
     num_errors: int
+    num_replicates: int = 0
 
 
 def resolve_gue_dir(spec: StudySpec, gue_dir: str | None = None) -> Path:
@@ -283,12 +284,14 @@ def prepare_inputs(
 
     if not gue_root.is_dir():
         raise AblateError(f"{gue_root}: GUE folder not found (data.gue_dir or --gue-dir)")
+    required_splits = ("train", "dev", "test") if spec.replicates else ("train", "dev")
     for task in spec.data.tasks:  # fail on a missing split before any tokenizer is trained
-        for required in ("train", "dev"):
+        for required in required_splits:
             if not split_path(gue_root, task, required).is_file():
                 raise AblateError(
                     f"{split_path(gue_root, task, required)}: task {task} has no {required} "
-                    "split; a study needs train and dev (see `ablate data check DIR`)"
+                    "split; a study needs train and dev, and test when it has replicates "
+                    "(see `ablate data check DIR`)"
                 )
     inputs = {}
     for tokenizer_value in spec.axes.tokenizer:
@@ -365,6 +368,8 @@ def trial_templates(
                 "max_len": max_len[cell.tokenizer],
             },
             "pretrained": None,
+            "resources": {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            "prices": dict(spec.prices),
         }
     return templates
 
@@ -455,8 +460,10 @@ def pretrain_for_study(
     return weights
 
 
-def share_splits(inputs: dict, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Read every train/dev shard set once through Ray Data; put each in the object store.
+def share_splits(
+    inputs: dict, progress: Callable[[str], None] = print, with_test: bool = False
+) -> dict[str, Any]:
+    """Read every train/dev (and test) shard set once through Ray Data; share each.
 
     Returns shard-set folder -> object ref; a trial fetches only the splits of its own cell.
     """
@@ -465,7 +472,9 @@ def share_splits(inputs: dict, progress: Callable[[str], None] = print) -> dict[
     from ablate.shards import read_shard_sets
     from ablate.tokenization import PAD_ID
 
-    folders = sorted({item["splits"][s] for item in inputs.values() for s in ("train", "dev")})
+    names = ("train", "dev", "test") if with_test else ("train", "dev")
+    folders = sorted({item["splits"][s] for item in inputs.values() for s in names
+                      if s in item["splits"]})
     progress(f"reading {len(folders)} shard sets through Ray Data")
     arrays = read_shard_sets(folders, PAD_ID)
     return {folder: ray.put(value) for folder, value in arrays.items()}
@@ -577,7 +586,7 @@ def run_study(
         pretrained = templates[cell.name]["pretrained"]
         if pretrained:
             client.set_tag(cell_runs[cell.name], "ablate.pretrain_run_id", pretrained["run_id"])
-    data_refs = share_splits(inputs, progress)
+    data_refs = share_splits(inputs, progress, with_test=bool(spec.replicates))
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_parameters(train_trial, data=data_refs, weights=weights)
     tuner = tune.Tuner(
@@ -600,6 +609,30 @@ def run_study(
     status = "FAILED"
     try:
         results = tuner.fit()
+        replicated = 0
+        if spec.replicates:
+            configs = replicate_configs(spec, results, progress)
+            replicated = len(configs)
+            progress(f"re-training the best configuration of each cell with seeds "
+                     f"{spec.replicates}: {replicated} runs, evaluated once on test")
+            replicate_tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                tune_config=tune.TuneConfig(
+                    search_alg=FixedConfigs(configs),
+                    num_samples=-1,
+                    max_concurrent_trials=spec.budget.concurrent_trials,
+                    trial_dirname_creator=lambda trial: f"replicate_{trial.trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{sweep}-replicates",
+                    storage_path=storage_path,
+                    callbacks=[logger, TrialProgress(replicated, spec.budget.max_epochs,
+                                                     progress)],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=0,
+                ),
+            )
+            replicate_tuner.fit()
         status = "FINISHED"
     finally:
         logger.close_cells(status)
@@ -610,4 +643,57 @@ def run_study(
         storage_path=storage_path,
         num_trials=len(results),
         num_errors=results.num_errors,
+        num_replicates=replicated,
     )
+
+
+class FixedConfigs(Searcher):
+    """Hands out a fixed list of configurations, in order, then finishes."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.configs = list(configs)
+        self.issued = 0
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.issued >= len(self.configs):
+            return Searcher.FINISHED
+        self.issued += 1
+        return self.configs[self.issued - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+def replicate_configs(spec: StudySpec, results: Any, progress: Callable[[str], None]) -> list:
+    """Each cell's best completed trial (on dev) re-run once per replicate seed, on test.
+
+    Replicate i uses seed ``spec.replicates[i]`` in every cell, so replicates pair across cells.
+    A cell with no completed trial gets no replicates (and the report says so).
+    """
+    best: dict[str, tuple[float, dict, str]] = {}
+    for result in results:
+        config, metrics = result.config, result.metrics or {}
+        if result.error or not ran_to_end(metrics, spec.budget.max_epochs):
+            continue
+        score = float(metrics.get(METRIC, float("-inf")))
+        if config["cell"] not in best or score > best[config["cell"]][0]:
+            best[config["cell"]] = (score, config, metrics.get("trial_id", ""))
+    configs = []
+    for _cell, (_, config, trial_id) in sorted(best.items()):
+        for seed in spec.replicates:
+            configs.append({**config, "stage": "replicate", "seed": seed,
+                            "evaluate_test": True, "source_trial": trial_id})
+    missing = {c.name for c in expand_cells(spec)} - set(best)
+    for cell in sorted(missing):
+        progress(f"cell {cell} has no completed trial: no replicates")
+    return configs

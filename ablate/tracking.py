@@ -45,7 +45,24 @@ LOGGED_METRICS = (
     "train_samples_per_second",
     "n_params",
     "best_epoch",
+    "device_count",
+    "device_hours",
+    "achieved_flops_per_s",
+    "mfu",
+    "price",
+    "energy_kwh",
+    "test_mcc",
+    "test_accuracy",
+    "test_f1",
+    "test_loss",
 )
+# String fields of a trial's results recorded once, as tags.
+RESULT_TAGS = {
+    "device_type": "ablate.device_type",
+    "device_name": "ablate.device_name",
+    "peak_source": "ablate.peak_source",
+    "flops_method": "ablate.flops_method",
+}
 
 
 def get_or_create_experiment(client: Any, name: str) -> str:
@@ -128,6 +145,7 @@ class MLflowTrialLogger(Callback):
         self.max_epochs = max_epochs
         self.extra_tags = dict(extra_tags or {})
         self._trial_runs: dict[str, str] = {}
+        self._tagged: set[str] = set()
         self._client = None
 
     @property
@@ -155,7 +173,7 @@ class MLflowTrialLogger(Callback):
             cell = self.cells[trial.config["cell"]]
             tags = {
                 TAG_STUDY: self.study,
-                TAG_STAGE: "trial",
+                TAG_STAGE: trial.config.get("stage", "trial"),
                 TAG_SWEEP: self.sweep,
                 TAG_TRIAL_ID: trial.trial_id,
                 PARENT_TAG: self.cell_runs[cell.name],
@@ -169,6 +187,9 @@ class MLflowTrialLogger(Callback):
             pretrained = trial.config.get("pretrained") or {}
             if pretrained:
                 self.client.set_tag(run_id, "ablate.pretrain_run_id", pretrained["run_id"])
+            if trial.config.get("stage") == "replicate":
+                self.client.set_tag(run_id, "ablate.replicate_seed", str(trial.config["seed"]))
+                self.client.set_tag(run_id, "ablate.source_trial", trial.config["source_trial"])
             params = {**trial.config["hparams"], **_model_params(trial.config)}
             self._log_params(run_id, params)
         self._trial_runs[trial.trial_id] = run_id
@@ -195,7 +216,14 @@ class MLflowTrialLogger(Callback):
             for key in LOGGED_METRICS
             if isinstance(result.get(key), int | float)
         ]
-        self.client.log_batch(run_id, metrics=metrics)
+        tags = []
+        if step <= 1 or trial.trial_id not in self._tagged:
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(tag, str(result[key])) for key, tag in RESULT_TAGS.items()
+                    if key in result]
+            self._tagged.add(trial.trial_id)
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)

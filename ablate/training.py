@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ablate.cost import FLOPS_METHOD, EnergyMeter, cost_metrics, current_device
 from ablate.shards import SplitArrays
 
 DEFAULT_HPARAMS = {
@@ -229,14 +230,23 @@ def train_trial(
 
     setup_start = time.perf_counter()
     inputs = config["inputs"]
-    folders = [inputs["splits"]["train"], inputs["splits"]["dev"]]
+    evaluate_test = bool(config.get("evaluate_test"))
+    if evaluate_test and "test" not in inputs["splits"]:
+        raise FileNotFoundError(f"task {inputs['task']} has no test split to evaluate on")
+    names = ["train", "dev"] + (["test"] if evaluate_test else [])
+    folders = [inputs["splits"][name] for name in names]
     if data is None:
         from ablate.shards import read_shard_sets
 
         data = read_shard_sets(folders, PAD_ID)
     arrays = [data[f] for f in folders]
     arrays = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in arrays]
-    train, dev = (SplitTensors.from_arrays(a) for a in arrays)
+    splits = dict(zip(names, (SplitTensors.from_arrays(a) for a in arrays), strict=True))
+    train, dev = splits["train"], splits["dev"]
+    resources = config.get("resources") or {}
+    hardware = current_device(float(resources.get("gpu", 0.0)), float(resources.get("cpu", 1.0)))
+    energy = EnergyMeter()
+    energy.start()
 
     model = build_model(config, weights).to(device)
     n_params = count_parameters(model)
@@ -317,7 +327,20 @@ def train_trial(
             state["best_epoch"] = epoch
         # Early stopping on dev: the same patience rule in every cell.
         out_of_patience = patience is not None and epoch - state["best_epoch"] >= int(patience)
+        finished = epoch >= max_epochs or out_of_patience
+        kwh = energy.kwh()
         metrics = {
+            **cost_metrics(
+                hardware,
+                wall_seconds=state["wall_seconds"],
+                flops=state["flops"],
+                prices=config.get("prices"),
+                energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
+            ),
+            "device_type": hardware.kind,
+            "device_name": hardware.name,
+            "peak_source": hardware.peak_source,
+            "flops_method": FLOPS_METHOD,
             "epoch": epoch,
             "dev_mcc": dev_metrics["mcc"],
             "dev_accuracy": dev_metrics["accuracy"],
@@ -331,8 +354,14 @@ def train_trial(
             "train_samples_per_second": seen / max(train_seconds, 1e-9),
             "n_params": n_params,
             "best_epoch": state["best_epoch"],
-            "finished": int(epoch >= max_epochs or out_of_patience),
+            "finished": int(finished),
         }
+        if finished and evaluate_test:
+            # Test is touched once, by the model chosen on dev.
+            model.load_state_dict(best_model)
+            test = evaluate(model, splits["test"], device, batch_size=max(batch_size, 256))
+            metrics.update({f"test_{k}": v for k, v in test.items()})
+            metrics["flops"] += dev_flops_per_sample * len(splits["test"])
         with tempfile.TemporaryDirectory() as folder:
             torch.save(
                 {
@@ -345,5 +374,5 @@ def train_trial(
                 Path(folder) / "state.pt",
             )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-        if out_of_patience:
+        if finished:
             break
