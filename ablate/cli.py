@@ -196,7 +196,7 @@ def report(
         str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
     ] = None,
 ) -> None:
-    """Query MLflow for the study's latest sweep and write report.md, cells.csv and a plot."""
+    """Query MLflow for the study's latest sweep and write the report (md, html, csv, png)."""
     from rich.table import Table
 
     from ablate.report import write_report
@@ -218,8 +218,10 @@ def report(
             f"{row.best_dev_mcc:.4f}", f"{row.wall_seconds:.1f}", f"{row.flops:.3g}",
         )
     console = _console()
+    for line in result.summary:
+        console.print(line.replace("**", ""), highlight=False)
     console.print(table)
-    console.print(f"report: {result.markdown.resolve()}")
+    console.print(f"report: {result.markdown.resolve()} (and report.html beside it)")
     if uri.startswith("sqlite:") or "://" not in uri:
         console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open the URL shown)")
     else:
