@@ -69,12 +69,14 @@ def data_check(
     for split in SPLITS:
         table.add_column(split, justify="right")
     table.add_column("status")
+    table.add_column("dev/test also in train", justify="right")
     for status in statuses:
         counts = [
             "missing" if status.rows[s] is None else f"{status.rows[s]:,}" for s in SPLITS
         ]
         state = "complete" if status.complete else f"incomplete ({', '.join(status.missing)})"
-        table.add_row(status.key, *counts, state)
+        leak = " / ".join(str(status.in_train.get(s, "-")) for s in ("dev", "test"))
+        table.add_row(status.key, *counts, state, leak if status.in_train else "-")
     console = _console()
     console.print(table)
     complete = sum(s.complete for s in statuses)
@@ -83,6 +85,13 @@ def data_check(
         f"{len(statuses)} datasets found: {complete} complete, "
         f"{train_missing} with train missing, {len(statuses) - complete} incomplete in all"
     )
+    leaking = [s.key for s in statuses if any(s.in_train.values())]
+    if leaking:
+        console.print(
+            f"{len(leaking)} datasets have dev/test sequences that also occur in train "
+            f"({', '.join(leaking)}); a study can drop them from train with "
+            "data.drop_train_duplicates: true"
+        )
 
 
 @data_app.command("synth")

@@ -292,8 +292,13 @@ def prepare_task_inputs(
     work_dir: Path,
     kmer_k: int = 6,
     base_dir: Path | None = None,
+    drop_train_duplicates: bool = False,
 ) -> TaskInputs:
-    """Tokenize one task's splits with one tokenizer into cached shard sets."""
+    """Tokenize one task's splits with one tokenizer into cached shard sets.
+
+    With ``drop_train_duplicates``, train rows whose exact sequence occurs in dev or test are
+    left out (a leakage fix; the shard set's key records it).
+    """
     from ablate.data.gue import SPLITS, get_dataset, read_split, split_path
     from ablate.tokenization import parse_tokenizer_choice, token_limit, tokenizer_hash
 
@@ -307,16 +312,22 @@ def prepare_task_inputs(
                 "a study needs train and dev (pick a complete dataset: `ablate data check DIR`)"
             )
     tok_hash = tokenizer_hash(tokenizer)
+    loaded = {split: read_split(gue_root, task, split) for split in present}
+    if drop_train_duplicates:
+        from ablate.data.gue import drop_sequences
+
+        held_out = {seq for s in ("dev", "test") if s in loaded for seq in loaded[s].sequences}
+        loaded["train"] = drop_sequences(loaded["train"], held_out)
     splits = {}
-    for split in present:
-        data = read_split(gue_root, task, split)
+    for split, data in loaded.items():
+        dedup = drop_train_duplicates and split == "train"
         folder = write_shards(
             data.sequences,
             data.labels,
             tokenizer,
             root=Path(work_dir) / "shards" / task / split,
-            source=str(data.path),
-            source_sha256=data.sha256,
+            source=str(data.path) + (" (dev/test duplicates dropped)" if dedup else ""),
+            source_sha256=data.sha256 + ("+dedup" if dedup else ""),
             tokenizer_hash=tok_hash,
             length_bp=dataset.length_bp,
         )

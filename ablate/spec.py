@@ -47,6 +47,9 @@ class DataSpec(_Strict):
     gue_dir: str | None = Field(None, description="root of GUE/<group>/<dataset>/*.csv")
     synthetic: SyntheticData | None = None
     tasks: list[str] = Field(min_length=1, description="GUE dataset keys, e.g. tf/0")
+    drop_train_duplicates: bool = Field(
+        False, description="drop train rows whose exact sequence occurs in dev or test"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

@@ -316,6 +316,7 @@ def prepare_inputs(
                 work_dir=spec.work_path,
                 kmer_k=spec.tokenizers.kmer_k,
                 base_dir=Path(spec.base_dir),
+                drop_train_duplicates=spec.data.drop_train_duplicates,
             ).as_dict()
     return inputs
 

@@ -124,6 +124,8 @@ def test_synthetic_study_and_cli_overrides(tmp_path):
         name="synthetic-e2e",
         data={"synthetic": {"scale": 0.1, "seed": 1}, "tasks": ["tf/0"]},
         tracking={"uri": "sqlite:///unused.db"},
+        replicates=[0, 1],
+        prices={"cpu": 0.05},
     )
     uri = f"sqlite:///{tmp_path / 'cli.db'}"
     run = ablate("run", str(spec), "--tracking-uri", uri, cwd=tmp_path)
@@ -135,7 +137,27 @@ def test_synthetic_study_and_cli_overrides(tmp_path):
     report = ablate("report", str(spec), "--tracking-uri", uri, "--out", "out", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     rows = check_report(tmp_path / "out", cells_expected=4, trials_per_cell=2)
-    assert "synthetic" in (tmp_path / "out" / "report.md").read_text().lower()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "synthetic" in markdown.lower()
+    # Replicates: each cell's best configuration re-trained with both seeds, tested once.
+    with open(tmp_path / "out" / "replicates.csv") as handle:
+        replicate_rows = list(csv.DictReader(handle))
+    assert len(replicate_rows) == 4 * 2
+    assert {r["seed"] for r in replicate_rows} == {"0", "1"}
+    assert all(r["test_mcc"] != "" for r in replicate_rows)
+    assert "What does BPE tokenization do?" in markdown and "bpe vs char" in markdown
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/png;base64," in page and 'src="http' not in page  # self-contained
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synthetic-e2e")
+    replicate_runs = client.search_runs([experiment.experiment_id],
+                                        "tags.`ablate.stage` = 'replicate'")
+    assert len(replicate_runs) == 8
+    for run in replicate_runs:
+        assert run.data.metrics["device_hours"] > 0 and run.data.metrics["price"] > 0
+        assert run.data.tags["ablate.flops_method"] == "torch.utils.flop_counter"
     # The planted motifs are learnable: some cell is clearly above chance.
     assert max(float(r["best_dev_mcc"]) for r in rows) > 0.3
 

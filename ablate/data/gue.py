@@ -272,6 +272,9 @@ class DatasetStatus:
     key: str
     path: Path
     rows: dict[str, int | None] = field(default_factory=dict)
+    # Rows of dev/test whose exact sequence also occurs in train (a leakage check); only
+    # filled when the scan validates and train is present.
+    in_train: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -289,6 +292,17 @@ def _count_rows(path: Path) -> int:
     data = path.read_bytes()
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
     return max(lines - 1, 0)
+
+
+def drop_sequences(split: GUESplit, exclude: set[str]) -> GUESplit:
+    """A copy of ``split`` without the rows whose sequence is in ``exclude``."""
+    keep = [i for i, seq in enumerate(split.sequences) if seq not in exclude]
+    return GUESplit(
+        sequences=[split.sequences[i] for i in keep],
+        labels=split.labels[keep],
+        path=split.path,
+        sha256=split.sha256,
+    )
 
 
 def scan_gue_dir(root: str | Path, validate: bool = True) -> list[DatasetStatus]:
@@ -318,15 +332,25 @@ def scan_gue_dir(root: str | Path, validate: bool = True) -> list[DatasetStatus]
         if not folder.is_dir():
             continue
         rows: dict[str, int | None] = {}
+        loaded: dict[str, GUESplit] = {}
         for split in SPLITS:
             path = folder / f"{split}.csv"
             if not path.is_file():
                 rows[split] = None
             elif validate:
-                rows[split] = len(read_split(root, key, split))
+                loaded[split] = read_split(root, key, split)
+                rows[split] = len(loaded[split])
             else:
                 rows[split] = _count_rows(path)
-        statuses.append(DatasetStatus(key=key, path=folder, rows=rows))
+        in_train = {}
+        if "train" in loaded:
+            train = set(loaded["train"].sequences)
+            in_train = {
+                split: sum(seq in train for seq in loaded[split].sequences)
+                for split in ("dev", "test")
+                if split in loaded
+            }
+        statuses.append(DatasetStatus(key=key, path=folder, rows=rows, in_train=in_train))
     if not statuses:
         raise AblateError(
             f"{root} holds none of the GUE datasets. Fix: pass the folder that holds the layout "
