@@ -131,6 +131,9 @@ def run(
     gue_dir: Annotated[
         Path | None, typer.Option(help="read real GUE from this folder instead of the spec's data")
     ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue the study's latest sweep where it stopped")
+    ] = False,
 ) -> None:
     """Run every cell of a study as one Ray Tune experiment, tracked in MLflow."""
     from ablate.spec import expand_cells, load_study
@@ -150,6 +153,7 @@ def run(
         tracking_uri=tracking_uri,
         storage=storage,
         gue_dir=str(gue_dir) if gue_dir else None,
+        resume=resume,
         progress=lambda msg: print(f"  {msg}", flush=True),
     )
     print(

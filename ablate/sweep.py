@@ -11,242 +11,23 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-from ray.tune import Callback
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
-
 from ablate.errors import AblateError
-from ablate.spec import Cell, ParamSpec, SearchSpace, StudySpec, expand_cells
+from ablate.search import (
+    METRIC,
+    TRIALS_SEEN,
+    CellScheduler,
+    CellSearcher,
+    FixedConfigs,
+    TrialProgress,
+)
+from ablate.spec import Cell, SearchSpace, StudySpec, expand_cells
 from ablate.training import ran_to_end
-
-METRIC = "best_dev_mcc"
-MODE = "max"
-
-
-def sample_params(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str, Any]:
-    """Draw one value per nuisance hyperparameter from an Optuna trial (define-by-run)."""
-    values: dict[str, Any] = {}
-    for name, p in params.items():
-        if p.type == "float":
-            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-        elif p.type == "int":
-            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
-        else:
-            values[name] = trial.suggest_categorical(name, p.choices)
-    return values
-
-
-@dataclass
-class _Issued:
-    cell: str
-    trial: optuna.trial.Trial
-    last_step: int = 0
-
-
-class CellSearcher(Searcher):
-    """Hands out trials from one Optuna study per cell, keeping every cell's budget equal.
-
-    Each cell's study uses a TPE sampler with the same seed and the same ranges, so cells differ
-    only in their scientific axes. ``suggest`` picks the cell with the fewest issued trials, so
-    cells advance level; it returns ``None`` while ``max_concurrent`` trials are running and
-    ``Searcher.FINISHED`` once every cell has issued its budget and every trial has been told to
-    its study. Trials that ASHA stopped early are told to Optuna as PRUNED (with their last
-    value as an intermediate value), not as COMPLETE, so truncated scores never mislead TPE.
-    Errored trials are told as FAIL and count toward the budget: failures are counted, never
-    silently re-rolled.
-    """
-
-    def __init__(
-        self,
-        cells: list[Cell],
-        spaces: dict[str, SearchSpace],
-        trial_templates: dict[str, dict[str, Any]],
-        *,
-        trials_per_cell: int,
-        max_epochs: int,
-        max_concurrent: int,
-        seed: int,
-        startup_trials: int | None = None,
-        patience: int | None = None,
-    ) -> None:
-        super().__init__(metric=METRIC, mode=MODE)
-        self.cell_names = [c.name for c in cells]
-        self.cell_arch = {c.name: c.architecture for c in cells}
-        self.spaces = spaces
-        self.templates = trial_templates
-        self.trials_per_cell = trials_per_cell
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.max_concurrent = max_concurrent
-        self.seed = seed
-        n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.studies = {
-            name: optuna.create_study(
-                study_name=name,
-                direction="maximize",
-                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup),
-            )
-            for name in self.cell_names
-        }
-        self.issued = {name: 0 for name in self.cell_names}
-        self.live: dict[str, _Issued] = {}
-
-    # --- Tune's interface -------------------------------------------------------------------
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        # Concurrency is counted here; returning True turns Tune's limiter into a pass-through.
-        self.max_concurrent = max_concurrent
-        return True
-
-    def suggest(self, trial_id: str) -> dict | str | None:
-        if len(self.live) >= self.max_concurrent:
-            return None
-        open_cells = [c for c in self.cell_names if self.issued[c] < self.trials_per_cell]
-        if not open_cells:
-            return Searcher.FINISHED if not self.live else None
-        cell = min(open_cells, key=lambda c: self.issued[c])  # stable: ties keep cell order
-        trial = self.studies[cell].ask()
-        hparams = sample_params(trial, self.spaces[self.cell_arch[cell]].params)
-        self.issued[cell] += 1
-        self.live[trial_id] = _Issued(cell, trial)
-        return {
-            **self.templates[cell],
-            "cell": cell,
-            "hparams": hparams,
-            "optuna_trial": trial.number,
-            # Replicate pairing: the n-th trial of every cell trains with the same seed.
-            "seed": self.seed * 100_003 + trial.number,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-        }
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        issued = self.live.get(trial_id)
-        if issued is not None and self.metric in result:
-            self._report(issued, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        issued = self.live.pop(trial_id, None)
-        if issued is None:
-            return
-        study = self.studies[issued.cell]
-        if error or not result or self.metric not in result:
-            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
-            return
-        # The result that made ASHA stop a trial never reached on_trial_result: record it here.
-        self._report(issued, result)
-        if not ran_to_end(result, self.max_epochs):
-            study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(issued.trial, float(result[self.metric]))
-
-    @staticmethod
-    def _report(issued: _Issued, result: dict) -> None:
-        step = int(result.get("training_iteration", 0))
-        if step > issued.last_step:
-            issued.trial.report(float(result[METRIC]), step=step)
-            issued.last_step = step
-
-    # --- state -------------------------------------------------------------------------------
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
-
-
-class CellScheduler(FIFOScheduler):
-    """One ASHA instance per cell: a trial is only ever compared with trials of its own cell."""
-
-    def __init__(self, cell_names: list[str], *, max_t: int, grace_period: int, rf: float):
-        super().__init__()
-        self.per_cell = {
-            name: AsyncHyperBandScheduler(
-                time_attr="training_iteration",
-                metric=METRIC,
-                mode=MODE,
-                max_t=max_t,
-                grace_period=grace_period,
-                reduction_factor=rf,
-            )
-            for name in cell_names
-        }
-
-    def _for(self, trial: Any) -> AsyncHyperBandScheduler:
-        return self.per_cell[trial.config["cell"]]
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if trial.status in ("TERMINATED", "ERROR"):  # restored, already finished
-            return
-        self._for(trial).on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        scheduler = self._for(trial)
-        if trial.trial_id not in scheduler._trial_info:
-            return TrialScheduler.CONTINUE
-        return scheduler.on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        scheduler = self._for(trial)
-        if trial.trial_id in scheduler._trial_info:
-            scheduler.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        self.on_trial_remove(tune_controller, trial)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        scheduler = self._for(trial)
-        if trial.trial_id in scheduler._trial_info:
-            scheduler.on_trial_remove(tune_controller, trial)
-
-    def debug_string(self) -> str:
-        stopped = sum(s._num_stopped for s in self.per_cell.values())
-        return f"ASHA per cell ({len(self.per_cell)} cells): {stopped} trials stopped early"
-
-
-class TrialProgress(Callback):
-    """Prints one line per finished trial: how far the study is, and how the trial did."""
-
-    def __init__(self, total: int, max_epochs: int, print_fn: Callable[[str], None] = print):
-        self.total = total
-        self.max_epochs = max_epochs
-        self.print_fn = print_fn
-        self.done = 0
-
-    def _line(self, trial: Any, outcome: str) -> None:
-        self.done += 1
-        result = trial.last_result or {}
-        score = result.get(METRIC)
-        score_text = f"{score:.4f}" if isinstance(score, float) else "-"
-        self.print_fn(
-            f"[{self.done}/{self.total}] {trial.config.get('cell', '?')} "
-            f"trial {trial.trial_id}: {outcome} after {result.get('training_iteration', 0)}/"
-            f"{self.max_epochs} epochs, {METRIC} {score_text}"
-        )
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = ran_to_end(trial.last_result or {}, self.max_epochs)
-        self._line(trial, "completed" if done else "stopped early")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
-
-
-# --- running a study ------------------------------------------------------------------------
 
 
 @dataclass
@@ -516,9 +297,16 @@ def run_study(
     tracking_uri: str | None = None,
     storage: str | None = None,
     gue_dir: str | None = None,
+    resume: bool = False,
     progress: Callable[[str], None] = print,
 ) -> StudyRun:
-    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow."""
+    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
+
+    With ``resume``, continue the study's latest sweep where it stopped (a killed driver, say):
+    Ray Tune restores its experiment and the searcher's Optuna studies, finished trials are not
+    re-run, unfinished ones continue from their last checkpoint, and MLflow runs are found again
+    by trial id instead of being created twice.
+    """
     from mlflow import MlflowClient
     from ray import tune
 
@@ -537,7 +325,13 @@ def run_study(
     tracking_uri = tracking_uri or spec.tracking.uri
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.name)
-    sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    if resume:
+        from ablate.analysis import latest_sweep
+
+        sweep = latest_sweep(tracking_uri, spec.name)[1]
+        progress(f"resuming sweep {sweep}")
+    else:
+        sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     data_tag = (
         f"gue:{gue_root}"
         if gue_dir is not None or spec.data.synthetic is None
@@ -579,6 +373,9 @@ def run_study(
 
     # Trials checkpoint every epoch; with short epochs Tune warns about snapshot frequency.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save the experiment state every second (default 10 s), so a killed driver loses little.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    TRIALS_SEEN.clear()
     init_ray(address, spec)
     weights = pretrain_for_study(
         spec, cells, templates, gue_root, tracking_uri, storage, progress
@@ -590,23 +387,35 @@ def run_study(
     data_refs = share_splits(inputs, progress, with_test=bool(spec.replicates))
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     trainable = tune.with_parameters(train_trial, data=data_refs, weights=weights)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=-1,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=sweep,
-            storage_path=storage_path,
-            callbacks=[logger, TrialProgress(len(cells) * spec.budget.trials_per_cell,
-                                             spec.budget.max_epochs, progress)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=0,
-        ),
-    )
+    experiment_path = f"{storage_path.rstrip('/')}/{sweep}"
+    if resume:
+        if not tune.Tuner.can_restore(experiment_path):
+            raise AblateError(
+                f"nothing to resume: no Ray Tune experiment at {experiment_path} (was the study "
+                "started with another --storage?)"
+            )
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=tune.with_resources(trainable, resources),
+            resume_unfinished=True, resume_errored=False, restart_errored=False,
+        )
+    else:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=-1,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=sweep,
+                storage_path=storage_path,
+                callbacks=[logger, TrialProgress(len(cells) * spec.budget.trials_per_cell,
+                                                 spec.budget.max_epochs, progress)],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
+        )
     status = "FAILED"
     try:
         results = tuner.fit()
@@ -616,23 +425,30 @@ def run_study(
             replicated = len(configs)
             progress(f"re-training the best configuration of each cell with seeds "
                      f"{spec.replicates}: {replicated} runs, evaluated once on test")
-            replicate_tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                tune_config=tune.TuneConfig(
-                    search_alg=FixedConfigs(configs),
-                    num_samples=-1,
-                    max_concurrent_trials=spec.budget.concurrent_trials,
-                    trial_dirname_creator=lambda trial: f"replicate_{trial.trial_id}",
-                ),
-                run_config=tune.RunConfig(
-                    name=f"{sweep}-replicates",
-                    storage_path=storage_path,
-                    callbacks=[logger, TrialProgress(replicated, spec.budget.max_epochs,
-                                                     progress)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    verbose=0,
-                ),
-            )
+            replicate_path = f"{experiment_path}-replicates"
+            if resume and tune.Tuner.can_restore(replicate_path):
+                replicate_tuner = tune.Tuner.restore(
+                    replicate_path, trainable=tune.with_resources(trainable, resources),
+                    resume_unfinished=True,
+                )
+            else:
+                replicate_tuner = tune.Tuner(
+                    tune.with_resources(trainable, resources),
+                    tune_config=tune.TuneConfig(
+                        search_alg=FixedConfigs(configs),
+                        num_samples=-1,
+                        max_concurrent_trials=spec.budget.concurrent_trials,
+                        trial_dirname_creator=lambda trial: f"replicate_{trial.trial_id}",
+                    ),
+                    run_config=tune.RunConfig(
+                        name=f"{sweep}-replicates",
+                        storage_path=storage_path,
+                        callbacks=[logger, TrialProgress(replicated, spec.budget.max_epochs,
+                                                         progress)],
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        verbose=0,
+                    ),
+                )
             replicate_tuner.fit()
         status = "FINISHED"
     finally:
@@ -646,33 +462,6 @@ def run_study(
         num_errors=results.num_errors,
         num_replicates=replicated,
     )
-
-
-class FixedConfigs(Searcher):
-    """Hands out a fixed list of configurations, in order, then finishes."""
-
-    def __init__(self, configs: list[dict]):
-        super().__init__(metric=METRIC, mode=MODE)
-        self.configs = list(configs)
-        self.issued = 0
-
-    def suggest(self, trial_id: str) -> dict | str | None:
-        if self.issued >= len(self.configs):
-            return Searcher.FINISHED
-        self.issued += 1
-        return self.configs[self.issued - 1]
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
 
 
 def replicate_configs(spec: StudySpec, results: Any, progress: Callable[[str], None]) -> list:

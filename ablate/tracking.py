@@ -146,6 +146,7 @@ class MLflowTrialLogger(Callback):
         self.extra_tags = dict(extra_tags or {})
         self._trial_runs: dict[str, str] = {}
         self._tagged: set[str] = set()
+        self._logged_step: dict[str, int] = {}
         self._client = None
 
     @property
@@ -169,6 +170,9 @@ class MLflowTrialLogger(Callback):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            # Resumed: epochs already logged are not logged again when the trial repeats them.
+            history = self.client.get_metric_history(run_id, "dev_mcc")
+            self._logged_step[trial.trial_id] = max((m.step for m in history), default=0)
         else:
             cell = self.cells[trial.config["cell"]]
             tags = {
@@ -210,6 +214,9 @@ class MLflowTrialLogger(Callback):
 
         run_id = self._run_for(trial)
         step = int(result.get("training_iteration", 0))
+        if step <= self._logged_step.get(trial.trial_id, 0):
+            return
+        self._logged_step[trial.trial_id] = step
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(result[key]), now, step)
@@ -242,12 +249,6 @@ class MLflowTrialLogger(Callback):
     def close_cells(self, status: str = "FINISHED") -> None:
         for run_id in self.cell_runs.values():
             self.client.set_terminated(run_id, status=status)
-
-    def get_state(self) -> dict:
-        return {"trial_runs": dict(self._trial_runs)}
-
-    def set_state(self, state: dict) -> None:
-        self._trial_runs.update(state.get("trial_runs", {}))
 
     def __getstate__(self) -> dict:
         # The MLflow client holds a database engine: never pickle it.

@@ -6,8 +6,16 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from ablate.search import TRIALS_SEEN, CellScheduler, CellSearcher
 from ablate.spec import DEFAULT_SEARCH_SPACE_DIR, Cell, load_search_space
-from ablate.sweep import CellScheduler, CellSearcher
+
+
+@pytest.fixture(autouse=True)
+def _no_trials_seen():
+    TRIALS_SEEN.clear()
+    yield
+    TRIALS_SEEN.clear()
+
 
 CELLS = [Cell("convnova", "none", "char", "tf/0"), Cell("transformer", "none", "bpe", "tf/0")]
 
@@ -135,3 +143,37 @@ def test_patience_ends_a_trial_as_complete_not_pruned():
     searcher.on_trial_complete("patient", {**result(0.4, 3), "finished": 1})
     (trial,) = searcher.studies[CELLS[0].name].trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.4)
+
+
+def stub_with(trial_id, config, status="PENDING", last_result=None):
+    trial = Trial("train_trial", config=config, stub=True, trial_id=trial_id)
+    trial.status = status
+    trial.run_metadata.last_result = last_result or {}
+    return trial
+
+
+def test_reconcile_after_resume_marks_lost_adopts_unknown_and_tells_finished(tmp_path):
+    searcher = make_searcher(trials=2, concurrent=4)
+    searcher.suggest("a")  # cell 0
+    first = searcher.suggest("b")  # cell 1
+    searcher.suggest("c")  # cell 0
+    searcher.save(str(tmp_path / "state.pkl"))
+
+    restored = make_searcher(trials=2, concurrent=4)
+    restored.restore(str(tmp_path / "state.pkl"))
+    # Tune restored: "a" finished (the searcher never heard), "b" still running, "c" lost,
+    # and "d" started after the searcher's last save.
+    TRIALS_SEEN["a"] = stub_with("a", {"cell": CELLS[0].name}, "TERMINATED", result(0.5, 4))
+    TRIALS_SEEN["b"] = stub_with("b", first, "RUNNING")
+    d_config = {"cell": CELLS[1].name, "hparams": first["hparams"]}
+    TRIALS_SEEN["d"] = stub_with("d", d_config, "RUNNING")
+    config = restored.suggest("e")
+    assert config["cell"] == CELLS[0].name  # c's slot re-issued
+    assert set(restored.live) == {"b", "d", "e"}
+    assert restored.issued == {CELLS[0].name: 2, CELLS[1].name: 2}
+    states = [(t.state, t.user_attrs.get("lost")) for t in
+              restored.studies[CELLS[0].name].trials]
+    assert (optuna.trial.TrialState.COMPLETE, None) in states
+    assert (optuna.trial.TrialState.FAIL, True) in states
+    adopted = restored.studies[CELLS[1].name].trials[-1]
+    assert adopted.params == first["hparams"]

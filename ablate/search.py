@@ -1,0 +1,321 @@
+"""Searching every cell alike: one Optuna study per cell, ASHA per cell, level budgets.
+
+``CellSearcher`` (a Ray Tune ``Searcher``) keeps one seeded Optuna study per cell and hands out
+trials so that cells stay level; ``CellScheduler`` runs one ASHA instance per cell, so early
+stopping only ever compares trials of the same cell; ``FixedConfigs`` hands out a fixed list
+(the replicates); ``TrialProgress`` prints a line per finished trial.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from ablate.spec import Cell, ParamSpec, SearchSpace
+from ablate.training import ran_to_end
+
+METRIC = "best_dev_mcc"
+MODE = "max"
+# Trial id -> Tune trial, for every trial Tune added in this driver process (restored ones
+# included). Written by CellScheduler, read by CellSearcher. A module-level table rather than a
+# reference between the two, because Tune pickles and restores each of them separately.
+TRIALS_SEEN: dict[str, Any] = {}
+
+
+def sample_params(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Draw one value per nuisance hyperparameter from an Optuna trial (define-by-run)."""
+    values: dict[str, Any] = {}
+    for name, p in params.items():
+        if p.type == "float":
+            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log)
+        else:
+            values[name] = trial.suggest_categorical(name, p.choices)
+    return values
+
+
+@dataclass
+class _Issued:
+    cell: str
+    trial: optuna.trial.Trial
+    last_step: int = 0
+
+
+class CellSearcher(Searcher):
+    """Hands out trials from one Optuna study per cell, keeping every cell's budget equal.
+
+    Each cell's study uses a TPE sampler with the same seed and the same ranges, so cells differ
+    only in their scientific axes. ``suggest`` picks the cell with the fewest issued trials, so
+    cells advance level; it returns ``None`` while ``max_concurrent`` trials are running and
+    ``Searcher.FINISHED`` once every cell has issued its budget and every trial has been told to
+    its study. Trials that ASHA stopped early are told to Optuna as PRUNED (with their last
+    value as an intermediate value), not as COMPLETE, so truncated scores never mislead TPE.
+    Errored trials are told as FAIL and count toward the budget: failures are counted, never
+    silently re-rolled.
+    """
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        spaces: dict[str, SearchSpace],
+        trial_templates: dict[str, dict[str, Any]],
+        *,
+        trials_per_cell: int,
+        max_epochs: int,
+        max_concurrent: int,
+        seed: int,
+        startup_trials: int | None = None,
+        patience: int | None = None,
+    ) -> None:
+        super().__init__(metric=METRIC, mode=MODE)
+        self.cell_names = [c.name for c in cells]
+        self.cell_arch = {c.name: c.architecture for c in cells}
+        self.spaces = spaces
+        self.templates = trial_templates
+        self.trials_per_cell = trials_per_cell
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.max_concurrent = max_concurrent
+        self.seed = seed
+        n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.studies = {
+            name: optuna.create_study(
+                study_name=name,
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup),
+            )
+            for name in self.cell_names
+        }
+        self.issued = {name: 0 for name in self.cell_names}
+        self.live: dict[str, _Issued] = {}
+        self.known: set[str] = set()  # every Tune trial id this searcher has accounted for
+        self._reconciled = False
+
+    # --- Tune's interface -------------------------------------------------------------------
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # Concurrency is counted here; returning True turns Tune's limiter into a pass-through.
+        self.max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self._reconciled:
+            self._reconcile()
+        if len(self.live) >= self.max_concurrent:
+            return None
+        open_cells = [c for c in self.cell_names if self.issued[c] < self.trials_per_cell]
+        if not open_cells:
+            return Searcher.FINISHED if not self.live else None
+        cell = min(open_cells, key=lambda c: self.issued[c])  # stable: ties keep cell order
+        trial = self.studies[cell].ask()
+        hparams = sample_params(trial, self.spaces[self.cell_arch[cell]].params)
+        self.issued[cell] += 1
+        self.live[trial_id] = _Issued(cell, trial)
+        self.known.add(trial_id)
+        return {
+            **self.templates[cell],
+            "cell": cell,
+            "hparams": hparams,
+            "optuna_trial": trial.number,
+            # Replicate pairing: the n-th trial of every cell trains with the same seed.
+            "seed": self.seed * 100_003 + trial.number,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        issued = self.live.get(trial_id)
+        if issued is not None and self.metric in result:
+            self._report(issued, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        issued = self.live.pop(trial_id, None)
+        if issued is None:
+            return
+        study = self.studies[issued.cell]
+        if error or not result or self.metric not in result:
+            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            return
+        # The result that made ASHA stop a trial never reached on_trial_result: record it here.
+        self._report(issued, result)
+        if not ran_to_end(result, self.max_epochs):
+            study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(issued.trial, float(result[self.metric]))
+
+    @staticmethod
+    def _report(issued: _Issued, result: dict) -> None:
+        step = int(result.get("training_iteration", 0))
+        if step > issued.last_step:
+            issued.trial.report(float(result[METRIC]), step=step)
+            issued.last_step = step
+
+    # --- state and resume ----------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Make the searcher agree with the trials Tune holds, on its first call.
+
+        After a resume the searcher's file and Tune's experiment state may come from different
+        saves, and if Tune could not restore the searcher it hands over a fresh one:
+
+        - a trial the searcher thinks is running but Tune does not hold was lost between the
+          two saves: told to its study as FAIL (marked ``lost``) and its slot re-issued;
+        - a trial Tune finished that the searcher still thinks is running is told now;
+        - a trial Tune holds that the searcher never issued is adopted with its parameters.
+        """
+        self._reconciled = True
+        seen = dict(TRIALS_SEEN)
+        for trial_id in list(self.live):
+            if trial_id not in seen:
+                issued = self.live.pop(trial_id)
+                issued.trial.set_user_attr("lost", True)
+                self.studies[issued.cell].tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+                self.issued[issued.cell] -= 1
+                self.known.discard(trial_id)
+        for trial_id, trial in seen.items():
+            done = trial.status in ("TERMINATED", "ERROR")
+            if trial_id in self.live and done:
+                self.on_trial_complete(trial_id, trial.last_result,
+                                       error=trial.status == "ERROR")
+            elif trial_id not in self.known and trial.config.get("cell") in self.studies:
+                cell = trial.config["cell"]
+                study = self.studies[cell]
+                study.enqueue_trial(trial.config["hparams"])
+                adopted = study.ask()
+                sample_params(adopted, self.spaces[self.cell_arch[cell]].params)  # fixes them
+                self.live[trial_id] = _Issued(cell, adopted)
+                self.issued[cell] += 1
+                self.known.add(trial_id)
+                if done:
+                    self.on_trial_complete(trial_id, trial.last_result,
+                                           error=trial.status == "ERROR")
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+        self._reconciled = False
+
+
+class CellScheduler(FIFOScheduler):
+    """One ASHA instance per cell: a trial is only ever compared with trials of its own cell.
+
+    It also records every trial Tune adds (restored ones included) in ``TRIALS_SEEN``, which
+    the searcher reconciles its state with after a resume.
+    """
+
+    def __init__(self, cell_names: list[str], *, max_t: int, grace_period: int, rf: float):
+        super().__init__()
+        self.per_cell = {
+            name: AsyncHyperBandScheduler(
+                time_attr="training_iteration",
+                metric=METRIC,
+                mode=MODE,
+                max_t=max_t,
+                grace_period=grace_period,
+                reduction_factor=rf,
+            )
+            for name in cell_names
+        }
+
+    def _for(self, trial: Any) -> AsyncHyperBandScheduler:
+        return self.per_cell[trial.config["cell"]]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        TRIALS_SEEN[trial.trial_id] = trial
+        if trial.status in ("TERMINATED", "ERROR"):  # restored, already finished
+            return
+        self._for(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        scheduler = self._for(trial)
+        if trial.trial_id not in scheduler._trial_info:
+            return TrialScheduler.CONTINUE
+        return scheduler.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        scheduler = self._for(trial)
+        if trial.trial_id in scheduler._trial_info:
+            scheduler.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        scheduler = self._for(trial)
+        if trial.trial_id in scheduler._trial_info:
+            scheduler.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        stopped = sum(s._num_stopped for s in self.per_cell.values())
+        return f"ASHA per cell ({len(self.per_cell)} cells): {stopped} trials stopped early"
+
+
+class TrialProgress(Callback):
+    """Prints one line per finished trial: how far the study is, and how the trial did."""
+
+    def __init__(self, total: int, max_epochs: int, print_fn: Callable[[str], None] = print):
+        self.total = total
+        self.max_epochs = max_epochs
+        self.print_fn = print_fn
+        self.done = 0
+
+    def _line(self, trial: Any, outcome: str) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        score = result.get(METRIC)
+        score_text = f"{score:.4f}" if isinstance(score, float) else "-"
+        self.print_fn(
+            f"[{self.done}/{self.total}] {trial.config.get('cell', '?')} "
+            f"trial {trial.trial_id}: {outcome} after {result.get('training_iteration', 0)}/"
+            f"{self.max_epochs} epochs, {METRIC} {score_text}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = ran_to_end(trial.last_result or {}, self.max_epochs)
+        self._line(trial, "completed" if done else "stopped early")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+
+
+class FixedConfigs(Searcher):
+    """Hands out a fixed list of configurations, in order, then finishes."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.configs = list(configs)
+        self.issued = 0
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.issued >= len(self.configs):
+            return Searcher.FINISHED
+        self.issued += 1
+        return self.configs[self.issued - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
