@@ -132,6 +132,10 @@ class ModelChoice(_Strict):
 
 class TrackingSpec(_Strict):
     uri: str = "sqlite:///mlruns.db"
+    retry_seconds: float = Field(
+        300.0, gt=0, description="how long to retry an unreachable tracking server before the "
+        "study stops (unsent records are kept for --resume)"
+    )
 
 
 class CorpusSpec(_Strict):

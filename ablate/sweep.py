@@ -323,6 +323,10 @@ def run_study(
     templates = trial_templates(spec, cells, spaces, inputs)
 
     tracking_uri = tracking_uri or spec.tracking.uri
+    # MLflow's HTTP client retries for minutes on its own; keep its share short so the
+    # study's own back-off (tracking.retry_seconds) decides when to give up.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.name)
     if resume:
@@ -348,7 +352,11 @@ def run_study(
         cell_runs,
         spec.budget.max_epochs,
         extra_tags,
+        spool_path=str(spec.work_path / "tracking_spool" / f"{sweep}.jsonl"),
+        retry_seconds=spec.tracking.retry_seconds,
     )
+    if resume:
+        logger.load_spool()  # records a stopped driver could not send go first
 
     searcher = CellSearcher(
         cells,
@@ -418,7 +426,7 @@ def run_study(
         )
     status = "FAILED"
     try:
-        results = tuner.fit()
+        results = _fit(tuner)
         replicated = 0
         if spec.replicates:
             configs = replicate_configs(spec, results, progress)
@@ -449,7 +457,7 @@ def run_study(
                         verbose=0,
                     ),
                 )
-            replicate_tuner.fit()
+            _fit(replicate_tuner)
         status = "FINISHED"
     finally:
         logger.close_cells(status)
@@ -462,6 +470,21 @@ def run_study(
         num_errors=results.num_errors,
         num_replicates=replicated,
     )
+
+
+def _fit(tuner: Any) -> Any:
+    """``tuner.fit()``, surfacing a tracking outage as itself (Tune wraps callback errors)."""
+    from ablate.tracking import TrackingUnavailable
+
+    try:
+        return tuner.fit()
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, TrackingUnavailable):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
 def replicate_configs(spec: StudySpec, results: Any, progress: Callable[[str], None]) -> list:

@@ -15,10 +15,16 @@ embedded SQLite file, and the same code works against a remote tracking server.
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+
+from ablate.errors import AblateError
 
 if TYPE_CHECKING:
     from ablate.spec import Cell
@@ -122,8 +128,37 @@ def open_cell_runs(
     return run_ids
 
 
+class TrackingUnavailable(AblateError):
+    """The tracking server stayed unreachable past the retry limit; the study stopped."""
+
+
+def with_retry(call: Callable[[], Any], *, limit_seconds: float, what: str) -> Any:
+    """Run ``call``, retrying with exponential back-off (1 s doubling to 30 s) for a while.
+
+    Raises ``TrackingUnavailable`` once ``limit_seconds`` have passed without success.
+    """
+    delay, start = 1.0, time.monotonic()
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # connection refused, timeouts, a locked database, 5xx...
+            waited = time.monotonic() - start
+            if waited + delay > limit_seconds:
+                raise TrackingUnavailable(
+                    f"MLflow did not answer for {waited:.0f} s ({what}: {exc})"
+                ) from None
+            print(f"  MLflow unavailable ({what}); retrying in {delay:.0f} s", flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 class MLflowTrialLogger(Callback):
-    """Ray Tune callback that writes every trial as a child run of its cell's MLflow run."""
+    """Ray Tune callback that writes every trial as a child run of its cell's MLflow run.
+
+    Every write is queued, in order, and sent with retries; if MLflow stays unreachable past
+    ``retry_seconds`` the queue is saved to ``spool_path`` and ``TrackingUnavailable`` stops the
+    study. ``ablate run --resume`` sends the saved queue first, so no metric is ever dropped.
+    """
 
     def __init__(
         self,
@@ -135,6 +170,8 @@ class MLflowTrialLogger(Callback):
         cell_runs: dict[str, str],
         max_epochs: int,
         extra_tags: dict[str, str] | None = None,
+        spool_path: str | None = None,
+        retry_seconds: float = 300.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -144,8 +181,10 @@ class MLflowTrialLogger(Callback):
         self.cell_runs = cell_runs
         self.max_epochs = max_epochs
         self.extra_tags = dict(extra_tags or {})
+        self.spool_path = spool_path
+        self.retry_seconds = retry_seconds
+        self._pending: list[dict] = []
         self._trial_runs: dict[str, str] = {}
-        self._tagged: set[str] = set()
         self._logged_step: dict[str, int] = {}
         self._client = None
 
@@ -157,98 +196,162 @@ class MLflowTrialLogger(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def _run_for(self, trial: Any) -> str:
+    # --- the queue -------------------------------------------------------------------------
+
+    def setup(self, **info: Any) -> None:
+        self.load_spool()
+
+    def load_spool(self) -> None:
+        """Queue the writes a stopped driver saved, ahead of anything new."""
+        if self.spool_path and Path(self.spool_path).is_file():
+            saved = [json.loads(line) for line in Path(self.spool_path).read_text().splitlines()]
+            self._pending = saved + self._pending
+            self.flush()
+
+    def _enqueue(self, op: dict) -> None:
+        self._pending.append(op)
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            while self._pending:
+                op = self._pending[0]
+                with_retry(lambda op=op: self._apply(op), limit_seconds=self.retry_seconds,
+                           what=f"{op['op']} of trial {op['trial_id']}")
+                self._pending.pop(0)
+        except TrackingUnavailable as exc:
+            if self.spool_path:
+                path = Path(self.spool_path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(op) + "\n" for op in self._pending))
+                os.replace(tmp, path)
+                raise TrackingUnavailable(
+                    f"{exc}. The study stopped; {len(self._pending)} unsent records are saved "
+                    f"in {path}. Run `ablate run --resume` when MLflow is back."
+                ) from None
+            raise
+        if self.spool_path:
+            Path(self.spool_path).unlink(missing_ok=True)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def _apply(self, op: dict) -> None:
+        run_id = self._run_for(op)
+        if op["op"] == "metrics":
+            from mlflow.entities import Metric, RunTag
+
+            step = op["step"]
+            if step <= self._logged_step.get(op["trial_id"], 0):
+                return
+            metrics = [Metric(k, v, op["time"], step) for k, v in op["metrics"].items()]
+            tags = [RunTag(k, v) for k, v in op["tags"].items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self._logged_step[op["trial_id"]] = step
+        elif op["op"] == "end":
+            self.client.set_tag(run_id, TAG_OUTCOME, op["outcome"])
+            self.client.set_terminated(run_id, status=op["status"])
+
+    def _run_for(self, op: dict) -> str:
         """The MLflow run of a trial, created on first sight (or found again after a resume)."""
-        run_id = self._trial_runs.get(trial.trial_id)
+        trial_id = op["trial_id"]
+        run_id = self._trial_runs.get(trial_id)
         if run_id is not None:
             return run_id
         found = find_runs(
             self.client,
             self.experiment_id,
-            f"tags.`{TAG_TRIAL_ID}` = '{trial.trial_id}' and tags.`{TAG_SWEEP}` = '{self.sweep}'",
+            f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{self.sweep}'",
         )
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             # Resumed: epochs already logged are not logged again when the trial repeats them.
             history = self.client.get_metric_history(run_id, "dev_mcc")
-            self._logged_step[trial.trial_id] = max((m.step for m in history), default=0)
+            self._logged_step[trial_id] = max((m.step for m in history), default=0)
         else:
-            cell = self.cells[trial.config["cell"]]
+            from mlflow.entities import Param, RunTag
+
+            cell = self.cells[op["cell"]]
             tags = {
                 TAG_STUDY: self.study,
-                TAG_STAGE: trial.config.get("stage", "trial"),
+                TAG_STAGE: op["stage"],
                 TAG_SWEEP: self.sweep,
-                TAG_TRIAL_ID: trial.trial_id,
+                TAG_TRIAL_ID: trial_id,
                 PARENT_TAG: self.cell_runs[cell.name],
                 **cell.tags(),
                 **self.extra_tags,
+                **op["tags"],
             }
             run = self.client.create_run(
-                self.experiment_id, tags=tags, run_name=f"{cell.name}#{trial.trial_id}"
+                self.experiment_id, tags=tags, run_name=f"{cell.name}#{trial_id}"
             )
             run_id = run.info.run_id
-            pretrained = trial.config.get("pretrained") or {}
-            if pretrained:
-                self.client.set_tag(run_id, "ablate.pretrain_run_id", pretrained["run_id"])
-            if trial.config.get("stage") == "replicate":
-                self.client.set_tag(run_id, "ablate.replicate_seed", str(trial.config["seed"]))
-                self.client.set_tag(run_id, "ablate.source_trial", trial.config["source_trial"])
-            params = {**trial.config["hparams"], **_model_params(trial.config)}
-            self._log_params(run_id, params)
-        self._trial_runs[trial.trial_id] = run_id
+            self.client.log_batch(
+                run_id,
+                params=[Param(k, str(v)) for k, v in op["params"].items()],
+                tags=[RunTag(k, v) for k, v in op["tags"].items()],
+            )
+        self._trial_runs[trial_id] = run_id
         return run_id
 
-    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    @staticmethod
+    def _describe(trial: Any) -> dict:
+        """What creating a trial's run needs, as plain data (so it can be spooled)."""
+        config = trial.config
+        tags = {}
+        if config.get("pretrained"):
+            tags["ablate.pretrain_run_id"] = config["pretrained"]["run_id"]
+        if config.get("stage") == "replicate":
+            tags["ablate.replicate_seed"] = str(config["seed"])
+            tags["ablate.source_trial"] = str(config["source_trial"])
+        return {
+            "trial_id": trial.trial_id,
+            "cell": config["cell"],
+            "stage": config.get("stage", "trial"),
+            "params": {k: str(v) for k, v in {**config["hparams"],
+                                             **_model_params(config)}.items()},
+            "tags": tags,
+        }
 
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    # --- Tune's callback interface ------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_for(trial)
+        self._enqueue({"op": "start", **self._describe(trial)})
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        from mlflow.entities import Metric
-
-        run_id = self._run_for(trial)
-        step = int(result.get("training_iteration", 0))
-        if step <= self._logged_step.get(trial.trial_id, 0):
-            return
-        self._logged_step[trial.trial_id] = step
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(result[key]), now, step)
+        metrics = {
+            key: float(result[key])
             for key in LOGGED_METRICS
             if isinstance(result.get(key), int | float)
-        ]
-        tags = []
-        if step <= 1 or trial.trial_id not in self._tagged:
-            from mlflow.entities import RunTag
-
-            tags = [RunTag(tag, str(result[key])) for key, tag in RESULT_TAGS.items()
-                    if key in result]
-            self._tagged.add(trial.trial_id)
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        }
+        tags = {tag: str(result[key]) for key, tag in RESULT_TAGS.items() if key in result}
+        self._enqueue({
+            "op": "metrics",
+            **self._describe(trial),
+            "step": int(result.get("training_iteration", 0)),
+            "time": int(time.time() * 1000),
+            "metrics": metrics,
+            "tags": tags,
+        })
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_for(trial)
         from ablate.training import ran_to_end
 
         done = ran_to_end(trial.last_result or {}, self.max_epochs)
-        outcome = "completed" if done else "pruned"
-        self.client.set_tag(run_id, TAG_OUTCOME, outcome)
-        self.client.set_terminated(run_id, status="FINISHED")
+        self._enqueue({"op": "end", **self._describe(trial), "status": "FINISHED",
+                       "outcome": "completed" if done else "pruned"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_for(trial)
-        self.client.set_tag(run_id, TAG_OUTCOME, "failed")
-        self.client.set_terminated(run_id, status="FAILED")
+        self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
+                       "outcome": "failed"})
 
     def close_cells(self, status: str = "FINISHED") -> None:
         for run_id in self.cell_runs.values():
-            self.client.set_terminated(run_id, status=status)
+            with_retry(lambda run_id=run_id: self.client.set_terminated(run_id, status=status),
+                       limit_seconds=self.retry_seconds, what="closing a cell run")
 
     def __getstate__(self) -> dict:
         # The MLflow client holds a database engine: never pickle it.
