@@ -1,0 +1,139 @@
+"""Tracking survives an unreachable MLflow: writes are retried, spooled, and sent on resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ablate.spec import Cell
+from ablate.tracking import MLflowTrialLogger, TrackingUnavailable, open_cell_runs
+
+CELL = Cell("cnn", "none", "char", "tf/0")
+
+
+def fake_trial(trial_id: str, epochs: int = 2) -> SimpleNamespace:
+    config = {"cell": CELL.name, "hparams": {"learning_rate": 0.01}, "model": {}, "seed": 1}
+    return SimpleNamespace(trial_id=trial_id, config=config,
+                           last_result={"training_iteration": epochs})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as `ablate run` keeps it short
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    good = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(good)
+    experiment = client.create_experiment("spool")
+    cell_runs = open_cell_runs(client, experiment, "spool", "spool-1", [CELL])
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    spool = tmp_path / "spool.jsonl"
+    logger = MLflowTrialLogger(down, experiment, "spool", "spool-1", {CELL.name: CELL},
+                               cell_runs, max_epochs=2, spool_path=str(spool), retry_seconds=2)
+    trial = fake_trial("t1")
+    with pytest.raises(TrackingUnavailable, match="--resume"):
+        logger.on_trial_start(0, [], trial)
+    assert spool.is_file() and len(spool.read_text().splitlines()) == 1
+    # Still down: later writes queue behind the first and are spooled too.
+    for epoch in (1, 2):
+        with pytest.raises(TrackingUnavailable):
+            logger.on_trial_result(0, [], trial, {"training_iteration": epoch,
+                                                  "dev_mcc": 0.1 * epoch})
+    with pytest.raises(TrackingUnavailable):
+        logger.on_trial_complete(0, [], trial)
+    assert len(spool.read_text().splitlines()) == 4
+
+    # The server is back (a resumed driver): the spool goes first, in order, exactly once.
+    resumed = MLflowTrialLogger(good, experiment, "spool", "spool-1", {CELL.name: CELL},
+                                cell_runs, max_epochs=2, spool_path=str(spool))
+    resumed.setup()
+    assert not spool.exists()
+    (run,) = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
+    history = client.get_metric_history(run.info.run_id, "dev_mcc")
+    assert sorted((m.step, round(m.value, 3)) for m in history) == [(1, 0.1), (2, 0.2)]
+    assert run.info.status == "FINISHED" and run.data.tags["ablate.outcome"] == "completed"
+
+
+@pytest.mark.integration
+def test_study_survives_a_tracking_server_restart(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 is stopped and restarted mid-study."""
+    from mlflow import MlflowClient
+
+    from tests.test_e2e import write_spec
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+
+    def start_server() -> subprocess.Popen:
+        server = subprocess.Popen(
+            [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", store, "--default-artifact-root", str(tmp_path / "art"),
+             "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(120):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return server
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop_server(server: subprocess.Popen) -> None:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+    spec = write_spec(
+        tmp_path, name="outage",
+        data={"synthetic": {"scale": 0.1, "seed": 6}, "tasks": ["prom/prom_core_tata"]},
+        axes={"architecture": ["cnn"], "pretraining": ["none"], "tokenizer": ["char"]},
+        budget={"trials_per_cell": 4, "max_epochs": 3, "concurrent_trials": 2},
+        tracking={"uri": uri, "retry_seconds": 240},
+    )
+    server = start_server()
+    try:
+        log = open(tmp_path / "run.log", "w")
+        study = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(spec)],
+                                 cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and "[1/4]" not in (tmp_path / "run.log").read_text():
+            assert study.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.5)
+        stop_server(server)  # mid-study: trials keep reporting while MLflow is gone
+        time.sleep(15)
+        server = start_server()
+        assert study.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert "MLflow unavailable" in (tmp_path / "run.log").read_text()
+    finally:
+        stop_server(server)
+        server = start_server()
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        runs = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
+        assert len(runs) == 4
+        results = Path(tmp_path, ".ablate", "ray_results")
+        for run in runs:
+            trial_id = run.data.tags["ablate.trial_id"]
+            (progress,) = results.glob(f"outage-*/trial_{trial_id}/progress.csv")
+            reported = len(progress.read_text().strip().splitlines()) - 1
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev_mcc")]
+            assert sorted(steps) == list(range(1, reported + 1))  # every epoch, once
+            assert run.info.status == "FINISHED"
+    finally:
+        stop_server(server)
