@@ -107,6 +107,10 @@ class BudgetSpec(_Strict):
     patience: int | None = Field(
         None, ge=1, description="a trial ends after this many epochs without a better dev MCC"
     )
+    max_failures: int = Field(
+        0, ge=0, description="times a crashed trial (e.g. its node was lost) is retried from "
+        "its last checkpoint before it counts as failed"
+    )
 
     @model_validator(mode="after")
     def _grace_within_max(self) -> BudgetSpec:

@@ -421,6 +421,7 @@ def run_study(
                 callbacks=[logger, TrialProgress(len(cells) * spec.budget.trials_per_cell,
                                                  spec.budget.max_epochs, progress)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                 verbose=0,
             ),
         )
@@ -454,6 +455,9 @@ def run_study(
                         callbacks=[logger, TrialProgress(replicated, spec.budget.max_epochs,
                                                          progress)],
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        failure_config=tune.FailureConfig(
+                            max_failures=spec.budget.max_failures
+                        ),
                         verbose=0,
                     ),
                 )
