@@ -64,6 +64,7 @@ LOGGED_METRICS = (
 )
 # String fields of a trial's results recorded once, as tags.
 RESULT_TAGS = {
+    "node_id": "ablate.node_id",
     "device_type": "ablate.device_type",
     "device_name": "ablate.device_name",
     "peak_source": "ablate.peak_source",
@@ -248,6 +249,8 @@ class MLflowTrialLogger(Callback):
             tags = [RunTag(k, v) for k, v in op["tags"].items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self._logged_step[op["trial_id"]] = step
+        elif op["op"] == "retry":
+            self.client.set_tag(run_id, "ablate.retries", str(op["retries"]))
         elif op["op"] == "end":
             self.client.set_tag(run_id, TAG_OUTCOME, op["outcome"])
             self.client.set_terminated(run_id, status=op["status"])
@@ -343,6 +346,11 @@ class MLflowTrialLogger(Callback):
         done = ran_to_end(trial.last_result or {}, self.max_epochs)
         self._enqueue({"op": "end", **self._describe(trial), "status": "FINISHED",
                        "outcome": "completed" if done else "pruned"})
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A crashed trial (e.g. its node was lost) restarts from its checkpoint: count it.
+        self._enqueue({"op": "retry", **self._describe(trial),
+                       "retries": int(getattr(trial, "num_failures", 0))})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",

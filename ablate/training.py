@@ -337,6 +337,7 @@ def train_trial(
                 prices=config.get("prices"),
                 energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
             ),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "device_type": hardware.kind,
             "device_name": hardware.name,
             "peak_source": hardware.peak_source,

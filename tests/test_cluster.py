@@ -1,0 +1,136 @@
+"""A real two-node Ray cluster on 127.0.0.1: trials land on both nodes, and a lost node's
+trials are retried from their checkpoints until the study has its full budget."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e import write_spec
+
+pytestmark = pytest.mark.integration
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def session_pids(session_id: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session_id:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return pids
+
+
+def kill_session(session_id: int) -> None:
+    for pid in session_pids(session_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """`ray start --head` and a second `ray start --address` node, each in its own session."""
+    port = free_port()
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    common = ["--num-cpus=2", "--object-store-memory=300000000", "--disable-usage-stats"]
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", *common,
+                             "--block"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = None
+    try:
+        address = f"127.0.0.1:{port}"
+        for _ in range(120):
+            probe = subprocess.run([RAY, "status", f"--address={address}"], env=env,
+                                   capture_output=True, text=True)
+            if probe.returncode == 0:
+                break
+            time.sleep(1)
+        worker = subprocess.Popen([RAY, "start", f"--address={address}",
+                                   "--node-ip-address=127.0.0.1", *common, "--block"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        for _ in range(120):
+            probe = subprocess.run([RAY, "status", f"--address={address}"], env=env,
+                                   capture_output=True, text=True)
+            if probe.stdout.count("node_") >= 2 or "4.0 CPU" in probe.stdout:
+                break
+            time.sleep(1)
+        yield address, env, worker
+    finally:
+        for process in (worker, head):
+            if process is not None:
+                kill_session(process.pid)
+                process.wait()
+
+
+def run_against(tmp_path, address, env, name, budget, kill=None):
+    spec = write_spec(
+        tmp_path, name=name,
+        data={"synthetic": {"scale": 0.1, "seed": 7}, "tasks": ["prom/prom_core_tata"]},
+        axes={"architecture": ["cnn"], "pretraining": ["none"], "tokenizer": ["char", "kmer:3"]},
+        budget=budget,
+    )
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "w") as log:
+        study = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(spec),
+                                  "--address", address], cwd=tmp_path, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        if kill is not None:
+            kill(log_path, study)
+        assert study.wait(timeout=900) == 0, log_path.read_text()[-4000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name(name).experiment_id
+    return client.search_runs([experiment], "tags.`ablate.stage` = 'trial'"), log_path
+
+
+def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_nodes):
+    address, env, worker = two_nodes
+    runs, _ = run_against(tmp_path, address, env, "spread",
+                          {"trials_per_cell": 3, "max_epochs": 2, "concurrent_trials": 4})
+    assert len(runs) == 6
+    nodes = Counter(r.data.tags["ablate.node_id"] for r in runs)
+    assert len(nodes) == 2, nodes  # trials ran on both nodes
+
+    def kill_worker_node(log_path, study):
+        deadline = time.time() + 300
+        while time.time() < deadline and "[1/6]" not in log_path.read_text():
+            assert study.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        kill_session(worker.pid)  # the second node, with whatever trials it was running
+
+    runs, log_path = run_against(
+        tmp_path, address, env, "node-lost",
+        {"trials_per_cell": 3, "max_epochs": 3, "concurrent_trials": 4, "max_failures": 3},
+        kill=kill_worker_node,
+    )
+    per_cell = Counter(r.data.tags["ablate.cell"] for r in runs)
+    assert sorted(per_cell.values()) == [3, 3]  # the full budget despite the lost node
+    assert all(r.data.tags["ablate.outcome"] in ("completed", "pruned") for r in runs)
+    retried = [r for r in runs if int(r.data.tags.get("ablate.retries", 0)) > 0]
+    assert retried, "no trial was running on the lost node"  # the kill did hit trials
