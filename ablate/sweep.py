@@ -275,11 +275,13 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
 
 
 def start_local_ray(address: str | None, cpus: int) -> None:
-    """Connect to ``address``, or start local Ray advertising at least ``cpus`` CPUs."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``, set inside `ray job submit`), or start local
+    Ray advertising at least ``cpus`` CPUs."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level="WARNING")
         return

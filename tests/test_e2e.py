@@ -254,3 +254,30 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     assert scratch["tags.ablate.pretrain_run_id"].isna().all()  # from scratch: no link
     # Same architecture, same tokenizer, same hyperparameter draws: only pretraining differs.
     assert sorted(pretrained["params.learning_rate"]) == sorted(scratch["params.learning_rate"])
+
+
+def test_failing_trials_are_marked_and_counted_while_the_study_goes_on(tmp_path):
+    from mlflow import MlflowClient
+
+    spec = write_spec(
+        tmp_path, name="failures",
+        data={"synthetic": {"scale": 0.05, "seed": 8}, "tasks": ["prom/prom_core_tata"]},
+        axes={"architecture": ["cnn", "unet"], "pretraining": ["none"], "tokenizer": ["char"]},
+        budget={"trials_per_cell": 2, "max_epochs": 1, "concurrent_trials": 2},
+        # Every unet trial raises while building its model.
+        models={"unet": {"overrides": {"no_such_field": 1}}},
+    )
+    run = ablate("run", str(spec), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "(2 failed)" in run.stdout and "FAILED" in run.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("failures").experiment_id
+    for run_info in client.search_runs([experiment], "tags.`ablate.stage` = 'trial'"):
+        failed = run_info.data.tags["ablate.architecture"] == "unet"
+        assert run_info.info.status == ("FAILED" if failed else "FINISHED")
+        assert (run_info.data.tags["ablate.outcome"] == "failed") == failed
+    report = ablate("report", str(spec), "--out", "out", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    with open(tmp_path / "out" / "cells.csv") as handle:
+        rows = {r["architecture"]: r for r in csv.DictReader(handle)}
+    assert rows["unet"]["failed"] == "2" and rows["cnn"]["failed"] == "0"
