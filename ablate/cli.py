@@ -53,6 +53,15 @@ def _console() -> Any:
     return console
 
 
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: start Ray locally)")
+]
+TrackingOption = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: the spec's tracking.uri)"),
+]
+
+
 @data_app.command("check")
 @_user_errors
 def data_check(
@@ -119,12 +128,8 @@ def data_synth(
 @_user_errors
 def run(
     study: Annotated[Path, typer.Argument(help="study spec (YAML)")],
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: start Ray locally)")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
-    ] = None,
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
     storage: Annotated[
         str | None, typer.Option(help="Ray Tune storage path or URL (default: work_dir)")
     ] = None,
@@ -166,12 +171,8 @@ def run(
 @_user_errors
 def pretrain(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="pretraining spec (YAML)")],
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: start Ray locally)")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
-    ] = None,
+    address: AddressOption = None,
+    tracking_uri: TrackingOption = None,
     storage: Annotated[
         str | None, typer.Option(help="Ray Train storage path or URL (default: work_dir)")
     ] = None,
@@ -205,9 +206,7 @@ def pretrain(
 def report(
     study: Annotated[Path, typer.Argument(help="study spec (YAML)")],
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: the spec's tracking.uri)")
-    ] = None,
+    tracking_uri: TrackingOption = None,
 ) -> None:
     """Query MLflow for the study's latest sweep and write the report (md, html, csv, png)."""
     from rich.table import Table

@@ -43,6 +43,18 @@ def sample_params(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str
     return values
 
 
+class _PickledState(Searcher):
+    """Save and restore a searcher as a pickle of its attributes (Tune calls these)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
 @dataclass
 class _Issued:
     cell: str
@@ -50,7 +62,7 @@ class _Issued:
     last_step: int = 0
 
 
-class CellSearcher(Searcher):
+class CellSearcher(_PickledState):
     """Hands out trials from one Optuna study per cell, keeping every cell's budget equal.
 
     Each cell's study uses a TPE sampler with the same seed and the same ranges, so cells differ
@@ -202,13 +214,8 @@ class CellSearcher(Searcher):
                     self.on_trial_complete(trial_id, trial.last_result,
                                            error=trial.status == "ERROR")
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        super().restore(checkpoint_path)
         self._reconciled = False
 
 
@@ -294,7 +301,7 @@ class TrialProgress(Callback):
         self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
 
 
-class FixedConfigs(Searcher):
+class FixedConfigs(_PickledState):
     """Hands out a fixed list of configurations, in order, then finishes."""
 
     def __init__(self, configs: list[dict]):
@@ -312,10 +319,3 @@ class FixedConfigs(Searcher):
                           error: bool = False) -> None:
         pass
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))

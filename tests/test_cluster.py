@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,36 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port, kill_session
 from tests.test_e2e import write_spec
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def session_pids(session_id: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == session_id:
-                    pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return pids
 
 
-def kill_session(session_id: int) -> None:
-    for pid in session_pids(session_id):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture

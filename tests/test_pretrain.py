@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import yaml
 
 from ablate.errors import AblateError
 from ablate.pretrain import sample_fasta_windows
+from tests.helpers import kill_session
 
 pytestmark = pytest.mark.integration
 
@@ -96,16 +95,6 @@ def pretrain_spec(folder: Path, gue: Path, **overrides) -> Path:
     return path
 
 
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of one session (started with start_new_session=True)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry)) == session_id:
-                os.kill(int(entry), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

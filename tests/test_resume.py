@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -13,20 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import kill_session
 from tests.test_e2e import ablate, write_spec
 
 pytestmark = pytest.mark.integration
 
 
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process of one session: the driver and the local Ray it started."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == session_id:
-                    os.kill(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
 
 
 def test_resume_after_driver_is_killed(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from ablate.spec import Cell
 from ablate.tracking import MLflowTrialLogger, TrackingUnavailable, open_cell_runs
+from tests.helpers import free_port
 
 CELL = Cell("cnn", "none", "char", "tf/0")
 
@@ -25,10 +26,6 @@ def fake_trial(trial_id: str, epochs: int = 2) -> SimpleNamespace:
                            last_result={"training_iteration": epochs})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeypatch):
