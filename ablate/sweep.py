@@ -286,6 +286,9 @@ def start_local_ray(address: str | None, cpus: int) -> None:
         ray.init(address=address, logging_level="WARNING")
         return
     ray.init(
+        # "local" always starts a fresh local Ray, even if an earlier `ray start` on this
+        # machine left its address behind (ray.init would otherwise try to join that).
+        address="local",
         num_cpus=max(os.cpu_count() or 1, cpus),
         logging_level="WARNING",
         include_dashboard=False,
