@@ -223,7 +223,10 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
         data={"synthetic": {"scale": 0.1, "seed": 2}, "tasks": ["prom/prom_core_tata"]},
         axes={"architecture": ["convnova"], "pretraining": ["none", "mlm:small"],
               "tokenizer": ["char"]},
-        budget={"trials_per_cell": 2, "max_epochs": 1, "concurrent_trials": 2},
+        # Both trials are seeded random start-up draws, identical in every cell (TPE's later
+        # suggestions depend on each cell's own results).
+        budget={"trials_per_cell": 2, "max_epochs": 1, "concurrent_trials": 2,
+                "startup_trials": 2},
         pretrain_specs={"small": {"max_steps": 20, "batch_size": 16, "checkpoint_every": 10}},
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -252,7 +255,7 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     scratch = by_cell.get_group("none")
     assert (pretrained["tags.ablate.pretrain_run_id"] == pretrain_run.info.run_id).all()
     assert scratch["tags.ablate.pretrain_run_id"].isna().all()  # from scratch: no link
-    # Same architecture, same tokenizer, same hyperparameter draws: only pretraining differs.
+    # Same architecture, same tokenizer, same start-up draws: only pretraining differs.
     assert sorted(pretrained["params.learning_rate"]) == sorted(scratch["params.learning_rate"])
 
 
