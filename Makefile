@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # multi-GB CUDA build; pyproject.toml accepts that version and newer.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean bench
 
 $(BIN)/ablate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Every benchmark in bench/, one after another (about 20 minutes at most): one table, and
+# bench/results.json.
+bench: install
+	$(BIN)/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check ablate tests

@@ -127,7 +127,8 @@ def run_benchmark(
         measure(args, result)
     except Exception as exc:
         traceback.print_exc()
-        result.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        result.status = f"failed: {type(exc).__name__}: {message}"
         code = 1
     result.seconds = round(time.perf_counter() - start, 1)
     print(f"{name}: {result.status} in {result.seconds:.0f} s", flush=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from benchlib import Result, Row, gue_dir, run_benchmark
 
 ARCHITECTURES = ("convnova", "transformer")
+BUSY_SHARE = 0.8  # below this share of a core, the bare loop was competing with other work
 PINNED = {"learning_rate": 1e-3, "weight_decay": 0.01, "dropout": 0.1, "warmup_ratio": 0.1}
 
 
@@ -218,13 +219,16 @@ def measure(args: argparse.Namespace, result: Result) -> None:
             "torch_threads_bare": torch.get_num_threads(),
             "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         }
+        share = min(before_share[-1], after_share[-1])
+        busy = (f"; BUSY machine: the bare loop got only {share:.2f} of a core, so the ratio "
+                "mostly measures contention" if share < BUSY_SHARE else "")
         result.add(Row(
             f"{arch} tiny, {len(train)} rows",
             "trial / bare samples/s",
             trial_rate / bare_rate,
             f"{trial_rate:.0f} vs {bare_rate:.0f} samples/s (bare before/after the study: "
             f"{before[-1]:.0f}/{after[-1]:.0f}, core share {before_share[-1]:.2f}/"
-            f"{after_share[-1]:.2f})",
+            f"{after_share[-1]:.2f}){busy}",
         ))
         result.add(Row(
             f"{arch} start-up",

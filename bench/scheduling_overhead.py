@@ -87,7 +87,9 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     result.note(f"sizes {sizes} trials over {args.cells} cells, {args.concurrent} at a time, "
                 "instant trainable (one tune.report); Ray start-up not counted")
     storage = tempfile.mkdtemp(prefix="sched-")
-    ray.init(num_cpus=args.concurrent + 1, include_dashboard=False, logging_level="WARNING")
+    # "local": always a fresh Ray of our own, never one an earlier `ray start` left running.
+    ray.init(address="local", num_cpus=args.concurrent + 1, include_dashboard=False,
+             logging_level="WARNING")
     try:
         per_trial, counts = {}, {}
         for size in sizes:
