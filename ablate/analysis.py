@@ -65,10 +65,19 @@ def runs(tracking_uri: str, study: str, sweep: str | None = None) -> pd.DataFram
     )
 
 
+def search_trials(all_runs: pd.DataFrame) -> pd.DataFrame:
+    """The search-trial runs among a sweep's runs, without those of trials lost when a driver
+    was killed (``ablate.outcome=lost``: their slots were re-issued and run again)."""
+    if all_runs.empty:
+        return all_runs
+    keep = (_column(all_runs, f"{TAG}stage") == "trial") & (
+        _column(all_runs, f"{TAG}outcome") != "lost")
+    return all_runs[keep].reset_index(drop=True)
+
+
 def trials(tracking_uri: str, study: str, sweep: str | None = None) -> pd.DataFrame:
     """One row per search trial of a sweep, with params, metrics and tags."""
-    frame = runs(tracking_uri, study, sweep)
-    return frame[frame[f"{TAG}stage"] == "trial"].reset_index(drop=True)
+    return search_trials(runs(tracking_uri, study, sweep))
 
 
 def _column(frame: pd.DataFrame, name: str, default: Any = np.nan) -> pd.Series:
@@ -130,7 +139,8 @@ def budget_parity(cell_table: pd.DataFrame) -> dict[str, bool]:
 
 def replicates(study_runs: pd.DataFrame) -> pd.DataFrame:
     """One row per replicate (test) run: its cell, seed, test MCC and whether it collapsed."""
-    reps = study_runs[_column(study_runs, f"{TAG}stage") == "replicate"]
+    reps = study_runs[(_column(study_runs, f"{TAG}stage") == "replicate")
+                      & (_column(study_runs, f"{TAG}outcome") != "lost")]
     frame = pd.DataFrame({
         "cell": reps[f"{TAG}cell"],
         **{col: reps[f"{TAG}{col}"] for col in CELL_COLUMNS},

@@ -176,8 +176,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     """Query MLflow for a study's latest sweep (or ``sweep``) and write every report file."""
     sweep = sweep or analysis.latest_sweep(tracking_uri, study)[1]
     all_runs = analysis.runs(tracking_uri, study, sweep)
-    stage = analysis._column(all_runs, "tags.ablate.stage")
-    trial_runs = all_runs[stage == "trial"]
+    trial_runs = analysis.search_trials(all_runs)
     reps = analysis.replicates(all_runs)
     table = analysis.cells(trial_runs, all_runs if len(reps) else None)
     parity = analysis.budget_parity(table)

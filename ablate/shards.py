@@ -12,10 +12,13 @@ renamed into place only when complete, so a crash leaves no half-written shard s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +28,7 @@ import numpy as np
 from ablate.errors import AblateError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from tokenizers import Tokenizer
 
 MANIFEST = "manifest.json"
@@ -63,6 +67,45 @@ def shard_key(source_sha256: str, tokenizer_hash: str, length_bp: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+ENCODE_BATCH = 8192  # rows encoded per tokenizer call; the next call runs while one is written
+
+
+def _encode_ahead(tokenizer: Tokenizer, sequences: list[str], ranges: list[tuple[int, int]],
+                  length_bp: int) -> Iterator[tuple[int, int, list]]:
+    """Encode ``sequences[a:b]`` for each range, one range ahead of the caller.
+
+    ``tokenizers`` releases the GIL while it encodes, so the next range encodes on a background
+    thread while the caller turns the current one into Arrow and writes it.
+    """
+    def encode(a: int, b: int) -> list:
+        return tokenizer.encode_batch_fast([s[:length_bp] for s in sequences[a:b]])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+        pending = pool.submit(encode, *ranges[0]) if ranges else None
+        for number, (a, b) in enumerate(ranges):
+            encodings = pending.result()
+            if number + 1 < len(ranges):
+                pending = pool.submit(encode, *ranges[number + 1])
+            yield a, b, encodings
+
+
+def _token_table(encodings: list, labels: np.ndarray) -> tuple[pa.Table, int]:
+    """Token ids as an Arrow list column (one flat buffer plus offsets) and the longest row."""
+    import pyarrow as pa
+
+    lists = [e.ids for e in encodings]
+    lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
+                       count=int(offsets[-1]))
+    table = pa.table({
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+        "label": pa.array(labels, type=pa.int32()),
+    })
+    return table, int(lengths.max(initial=0))
+
+
 def write_shards(
     sequences: list[str],
     labels: np.ndarray,
@@ -78,9 +121,9 @@ def write_shards(
     """Tokenize ``sequences`` (cut to ``length_bp`` bases) into a shard set under ``root``.
 
     Returns the shard set's folder. If a shard set with the same key already exists it is
-    returned as is, without tokenizing anything.
+    returned as is, without tokenizing anything. Each shard file holds ``rows_per_shard`` rows,
+    written as row groups of up to ``ENCODE_BATCH`` rows.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = Path(root) / shard_key(source_sha256, tokenizer_hash, length_bp)
@@ -88,35 +131,40 @@ def write_shards(
         return folder
     if len(sequences) != len(labels):
         raise ValueError("sequences and labels differ in length")
+    labels = np.asarray(labels)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        files = []
+        total = len(sequences)
+        ranges = [(a, min(a + ENCODE_BATCH, shard + rows_per_shard, total))
+                  for shard in range(0, total, rows_per_shard)
+                  for a in range(shard, min(shard + rows_per_shard, total), ENCODE_BATCH)]
+        files: list[str] = []
+        writer = None
         max_tokens = 0
-        for start in range(0, max(len(sequences), 1), rows_per_shard):
-            chunk = [s[:length_bp] for s in sequences[start : start + rows_per_shard]]
-            encodings = tokenizer.encode_batch_fast(chunk) if chunk else []
-            ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-            lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-            max_tokens = max(max_tokens, int(lengths.max(initial=0)))
-            offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
-            flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
-            table = pa.table(
-                {
-                    "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-                    "label": pa.array(labels[start : start + rows_per_shard], type=pa.int32()),
-                }
-            )
-            name = f"part-{len(files):05d}.parquet"
-            pq.write_table(table, staging / name)
-            files.append(name)
+        try:
+            for a, b, encodings in _encode_ahead(tokenizer, sequences, ranges, length_bp):
+                table, longest = _token_table(encodings, labels[a:b])
+                max_tokens = max(max_tokens, longest)
+                if a % rows_per_shard == 0:  # a range that starts a new shard file
+                    if writer is not None:
+                        writer.close()
+                    files.append(f"part-{len(files):05d}.parquet")
+                    writer = pq.ParquetWriter(staging / files[-1], table.schema)
+                writer.write_table(table)
+            if not files:  # an empty split still gets one (empty) shard file
+                table, _ = _token_table([], labels[:0])
+                files.append("part-00000.parquet")
+                pq.write_table(table, staging / files[-1])
+        finally:
+            if writer is not None:
+                writer.close()
         manifest = ShardManifest(
             source=source,
             source_sha256=source_sha256,
             tokenizer_hash=tokenizer_hash,
             length_bp=length_bp,
-            num_rows=len(sequences),
+            num_rows=total,
             max_tokens=max_tokens,
             files=tuple(files),
         )

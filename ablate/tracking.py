@@ -356,6 +356,29 @@ class MLflowTrialLogger(Callback):
         self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
                        "outcome": "failed"})
 
+    def close_lost_runs(self) -> int:
+        """Close the runs of trials a killed driver started but Tune never saved; how many.
+
+        Such a trial is lost between two saves of Tune's state: the resumed searcher re-issues
+        its slot (see ``CellSearcher``), so its run, still RUNNING, would otherwise stay open
+        forever and count as an extra trial of its cell. Called after every trial of the
+        sweep has ended, so any run still RUNNING is one of these: it is closed as KILLED and
+        tagged ``ablate.outcome=lost``, and the analysis leaves it out.
+        """
+        self.flush()
+        lost = find_runs(self.client, self.experiment_id,
+                         f"tags.`{TAG_SWEEP}` = '{self.sweep}' and attributes.status = 'RUNNING'"
+                         f" and tags.`{TAG_STAGE}` != 'cell'")
+
+        def close(run_id: str) -> None:
+            self.client.set_tag(run_id, TAG_OUTCOME, "lost")
+            self.client.set_terminated(run_id, status="KILLED")
+
+        for run in lost:
+            with_retry(lambda run=run: close(run.info.run_id), limit_seconds=self.retry_seconds,
+                       what="closing a lost trial's run")
+        return len(lost)
+
     def close_cells(self, status: str = "FINISHED") -> None:
         for run_id in self.cell_runs.values():
             with_retry(lambda run_id=run_id: self.client.set_terminated(run_id, status=status),

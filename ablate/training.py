@@ -56,6 +56,20 @@ class SplitTensors:
             torch.tensor(arrays.labels, dtype=torch.int64),  # a copy: the source is read-only
         )
 
+    def resident(self, device: Any) -> SplitTensors:
+        """The split where batches are cut from: on a GPU it moves there whole (GUE splits are
+        tens of MB), so a step's batch is an index on the device, with no host-to-device copy
+        and no host sync; on a CPU it stays as it is."""
+        if device.type != "cuda":
+            return self
+        return SplitTensors(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                                     self.labels)))
+
+    def batch(self, idx: Any, device: Any) -> tuple[Any, Any, Any]:
+        """Rows ``idx`` as (ids, mask, labels) on ``device``."""
+        return tuple(t[idx].to(device, non_blocking=True)
+                     for t in (self.input_ids, self.attention_mask, self.labels))
+
 
 def ran_to_end(result: dict, max_epochs: int) -> bool:
     """Whether a trial's last result ends it by its own rule (max epochs or dev patience).
@@ -116,20 +130,17 @@ def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> d
     import torch
 
     model.eval()
-    preds, losses = [], []
+    preds, loss_sum = [], torch.zeros((), device=device)
     with torch.no_grad(), autocast_context(device):
         for start in range(0, len(split), batch_size):
-            ids = split.input_ids[start : start + batch_size].to(device, non_blocking=True)
-            mask = split.attention_mask[start : start + batch_size].to(device, non_blocking=True)
-            labels = split.labels[start : start + batch_size].to(device, non_blocking=True)
+            ids, mask, labels = split.batch(slice(start, start + batch_size), device)
             logits = model(ids, mask).float()
-            losses.append(
-                torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            )
-            preds.append(logits.argmax(dim=-1).cpu())
-    labels_np = split.labels.numpy()
-    metrics = classification_metrics(labels_np, torch.cat(preds).numpy())
-    metrics["loss"] = sum(losses) / max(len(split), 1)
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+            preds.append(logits.argmax(dim=-1))
+    # One copy back to the host for the whole split, not one per batch.
+    labels_np = split.labels.cpu().numpy()
+    metrics = classification_metrics(labels_np, torch.cat(preds).cpu().numpy())
+    metrics["loss"] = float(loss_sum) / max(len(split), 1)
     return metrics
 
 
@@ -241,7 +252,8 @@ def train_trial(
         data = read_shard_sets(folders, PAD_ID)
     arrays = [data[f] for f in folders]
     arrays = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in arrays]
-    splits = dict(zip(names, (SplitTensors.from_arrays(a) for a in arrays), strict=True))
+    splits = {name: SplitTensors.from_arrays(a).resident(device)
+              for name, a in zip(names, arrays, strict=True)}
     train, dev = splits["train"], splits["dev"]
     resources = config.get("resources") or {}
     hardware = current_device(float(resources.get("gpu", 0.0)), float(resources.get("cpu", 1.0)))
@@ -291,13 +303,12 @@ def train_trial(
         start = time.perf_counter()
         model.train()
         generator.manual_seed(seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=generator)
-        loss_sum, seen = 0.0, 0
+        order = torch.randperm(len(train), generator=generator).to(train.labels.device)
+        # Summed on the device and read once per epoch: no host sync per step.
+        loss_sum, seen = torch.zeros((), device=device), 0
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            ids = train.input_ids[idx].to(device, non_blocking=True)
-            mask = train.attention_mask[idx].to(device, non_blocking=True)
-            labels = train.labels[idx].to(device, non_blocking=True)
+            ids, mask, labels = train.batch(idx, device)
             with autocast_context(device):
                 logits = model(ids, mask)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -306,9 +317,9 @@ def train_trial(
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.detach() * len(idx)
             seen += len(idx)
-        train_loss = loss_sum / max(seen, 1)
+        train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
         train_seconds = time.perf_counter() - start

@@ -50,6 +50,8 @@ def sandbox() -> Path:
     os.environ.pop("RAY_ADDRESS", None)  # never join a cluster someone else is using
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # Benchmarks save Tune's state as often as run_study does; Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tempfile.tempdir = None  # forget the cached temp folder so the new TMPDIR applies
     return folder
 

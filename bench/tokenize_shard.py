@@ -1,15 +1,16 @@
 """Tokenize and shard: sequences/s of ``ablate.shards.write_shards`` against raw ``tokenizers``.
 
-For every GUE dataset with a train split in the folder, takes the first ``--rows`` train rows
-(cut to the dataset's length in bp) and, for each tokenizer (``char``, ``kmer:6`` and the
-DNABERT-2 BPE ``tokenizer.json`` loaded with ``ablate.tokenization.load_tokenizer``), times
-``write_shards`` (tokenize, build Arrow columns, write Parquet and the manifest, atomically)
-against ``Tokenizer.encode_batch_fast`` alone on the same sequences. The two are timed in
-alternation, split by split, ``--repeats`` times; for each split the fastest time of each is
-kept (the least disturbed by other work on the machine) and the splits are summed. Target:
-write_shards at >= 0.8 of raw tokenizer speed.
+For every GUE dataset with a train split in the folder, takes its train rows (all of them, or
+the first ``--rows``), cut to the dataset's length in bp, and for each tokenizer (``char``,
+``kmer:6`` and the DNABERT-2 BPE ``tokenizer.json`` loaded with
+``ablate.tokenization.load_tokenizer``) times ``write_shards`` (tokenize, build Arrow columns,
+write Parquet and the manifest, atomically) against one ``Tokenizer.encode_batch_fast`` call on
+the same sequences. The two are timed in alternation, split by split, ``--repeats`` times; for
+each split the fastest time of each is kept (the least disturbed by other work on the machine)
+and the splits are summed. A further run times write_shards' own steps one by one, serially.
+Target: write_shards at >= 0.8 of raw tokenizer speed.
 
-    .venv/bin/python bench/tokenize_shard.py [--rows 5000] [--repeats 3]
+    .venv/bin/python bench/tokenize_shard.py [--rows N] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ TARGET = 0.8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rows", type=int, default=5000, help="train rows per dataset")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="train rows per dataset (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
 
 
-def train_splits(rows: int) -> list[tuple[str, list[str], object, int, str]]:
+def train_splits(rows: int | None) -> list[tuple[str, list[str], object, int, str]]:
     """(task, sequences cut to length, labels, length_bp, sha256) of every train split here."""
     from ablate.data.gue import REGISTRY, read_split, split_path
 
@@ -56,32 +58,24 @@ def tokenizers() -> dict:
 
 
 def breakdown(tokenizer, splits) -> dict[str, float]:
-    """Where write_shards' time goes: the same steps as shards.py, timed one by one (once)."""
-    import numpy as np
-    import pyarrow as pa
+    """Where write_shards' time goes: its steps, timed one by one, serially (once)."""
     import pyarrow.parquet as pq
 
-    parts = {"encode": 0.0, "ids_to_numpy": 0.0, "arrow_and_parquet": 0.0}
+    from ablate.shards import _token_table
+
+    parts = {"encode": 0.0, "ids_to_arrow": 0.0, "parquet": 0.0}
     folder = Path(tempfile.mkdtemp(prefix="parts-"))
     for n, (_, sequences, labels, _, _) in enumerate(splits):
         t0 = time.perf_counter()
         encodings = tokenizer.encode_batch_fast(sequences)
         t1 = time.perf_counter()
-        ids = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(ids)
+        table, _ = _token_table(encodings, labels)
         t2 = time.perf_counter()
-        table = pa.table({
-            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-            "label": pa.array(labels, type=pa.int32()),
-        })
         pq.write_table(table, folder / f"part-{n}.parquet")
         t3 = time.perf_counter()
         parts["encode"] += t1 - t0
-        parts["ids_to_numpy"] += t2 - t1
-        parts["arrow_and_parquet"] += t3 - t2
+        parts["ids_to_arrow"] += t2 - t1
+        parts["parquet"] += t3 - t2
     shutil.rmtree(folder, ignore_errors=True)
     return parts
 
@@ -92,9 +86,10 @@ def measure(args: argparse.Namespace, result: Result) -> None:
 
     splits = train_splits(args.rows)
     total = sum(len(s[1]) for s in splits)
-    result.note(f"{len(splits)} GUE train splits, first {args.rows} rows of each "
-                f"({total} sequences); per split, best of {args.repeats} alternating runs "
-                "of each; the time breakdown is from one further run")
+    rows = "all rows" if args.rows is None else f"first {args.rows} rows"
+    result.note(f"{len(splits)} GUE train splits, {rows} of each ({total} sequences); per "
+                f"split, best of {args.repeats} alternating runs of each; the time breakdown "
+                "is from one further, serial run")
     if not DNABERT2_TOKENIZER.is_file():
         result.note(f"no DNABERT-2 tokenizer at {DNABERT2_TOKENIZER}: bpe not measured")
     for name, tokenizer in tokenizers().items():
@@ -124,9 +119,9 @@ def measure(args: argparse.Namespace, result: Result) -> None:
             name,
             "write_shards / raw encode_batch_fast seq/s",
             ratio,
-            f"{total / shard:,.0f} vs {total / raw:,.0f} seq/s; outside encode: "
-            f"ids to numpy {parts['ids_to_numpy']:.2f} s, Arrow+Parquet "
-            f"{parts['arrow_and_parquet']:.2f} s, encode {parts['encode']:.2f} s",
+            f"{total / shard:,.0f} vs {total / raw:,.0f} seq/s; serially: encode "
+            f"{parts['encode']:.2f} s, ids to Arrow {parts['ids_to_arrow']:.2f} s, Parquet "
+            f"{parts['parquet']:.2f} s",
             f">= {TARGET}",
             ratio >= TARGET,
         ))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ablate.analysis import trials
 from tests.helpers import kill_session
 from tests.test_e2e import ablate, write_spec
 
@@ -55,6 +56,13 @@ def test_resume_after_driver_is_killed(tmp_path):
     assert "resuming sweep" in resumed.stdout
 
     after = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
+    # A trial the killed driver had started but Tune had not yet saved is lost: its slot is run
+    # again, and its run is closed as KILLED, tagged lost, and left out of the analysis.
+    lost = [r for r in after if r.data.tags.get("ablate.outcome") == "lost"]
+    assert all(r.info.status == "KILLED" for r in lost)
+    analysed = set(trials(uri, "resume")["run_id"])
+    assert not analysed & {r.info.run_id for r in lost}
+    after = [r for r in after if r.info.run_id in analysed]
     per_cell = Counter(r.data.tags["ablate.cell"] for r in after)
     assert sorted(per_cell.values()) == [4, 4], per_cell
     ids = [r.data.tags["ablate.trial_id"] for r in after]

@@ -40,6 +40,37 @@ def test_write_shards_records_manifest_and_cuts_in_bp(tmp_path):
         SEQS[1][:12]).ids[1:-1]
 
 
+def test_shards_split_across_files_and_encode_batches_keep_every_row(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import ablate.shards
+
+    # 7 rows, 3 per file, encoded 2 at a time: files of 3, 3, 1 rows, batches never crossing a
+    # file boundary, every row in order with its label.
+    monkeypatch.setattr(ablate.shards, "ENCODE_BATCH", 2)
+    seqs = [("ACGT" * 4)[: 3 + i] for i in range(7)]
+    labels = np.arange(7) % 2
+    tok = char_tokenizer()
+    folder = write_shards(seqs, labels, tok, root=tmp_path, source="mem", source_sha256="s",
+                          tokenizer_hash=tokenizer_hash(tok), length_bp=8, rows_per_shard=3)
+    manifest = ShardManifest.read(folder)
+    tables = [pq.read_table(folder / name) for name in manifest.files]
+    assert [t.num_rows for t in tables] == [3, 3, 1]
+    assert [pq.ParquetFile(folder / name).num_row_groups for name in manifest.files] == [2, 2, 1]
+    ids = [row for t in tables for row in t.column("input_ids").to_pylist()]
+    assert ids == [tok.encode(s[:8]).ids for s in seqs]
+    assert [v for t in tables for v in t.column("label").to_pylist()] == labels.tolist()
+    assert manifest.max_tokens == 8 + 2
+
+
+def test_empty_split_gets_one_empty_shard(tmp_path):
+    tok = char_tokenizer()
+    folder = write_shards([], np.array([], dtype=int), tok, root=tmp_path, source="mem",
+                          source_sha256="e", tokenizer_hash=tokenizer_hash(tok), length_bp=8)
+    manifest = ShardManifest.read(folder)
+    assert manifest.num_rows == 0 and manifest.files == ("part-00000.parquet",)
+
+
 def test_unchanged_input_is_not_tokenized_again(tmp_path):
     folder = _write(tmp_path, char_tokenizer())
     stamp = (folder / MANIFEST).stat().st_mtime_ns

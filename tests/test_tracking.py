@@ -65,6 +65,38 @@ def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeyp
     assert run.info.status == "FINISHED" and run.data.tags["ablate.outcome"] == "completed"
 
 
+def test_runs_of_trials_lost_in_a_crash_are_closed_and_left_out(tmp_path):
+    from mlflow import MlflowClient
+
+    from ablate.analysis import trials
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("lost")
+    cell_runs = open_cell_runs(client, experiment, "lost", "lost-1", [CELL])
+    killed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", {CELL.name: CELL}, cell_runs,
+                               max_epochs=2)
+    # The killed driver started t1 (its run is open) but Tune never saved it; t2 finished.
+    killed.on_trial_start(0, [], fake_trial("t1"))
+    killed.on_trial_result(0, [], fake_trial("t1"), {"training_iteration": 1, "dev_mcc": 0.9,
+                                                     "best_dev_mcc": 0.9})
+    for step in (1, 2):
+        killed.on_trial_result(0, [], fake_trial("t2"), {"training_iteration": step,
+                                                         "best_dev_mcc": 0.1 * step})
+    killed.on_trial_complete(0, [], fake_trial("t2"))
+
+    resumed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", {CELL.name: CELL}, cell_runs,
+                                max_epochs=2)
+    assert resumed.close_lost_runs() == 1
+    by_trial = {r.data.tags["ablate.trial_id"]: r
+                for r in client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")}
+    assert by_trial["t1"].info.status == "KILLED"
+    assert by_trial["t1"].data.tags["ablate.outcome"] == "lost"
+    assert by_trial["t2"].info.status == "FINISHED"
+    assert list(trials(uri, "lost")["tags.ablate.trial_id"]) == ["t2"]
+    assert resumed.close_lost_runs() == 0  # cell runs and finished trials are left alone
+
+
 @pytest.mark.integration
 def test_study_survives_a_tracking_server_restart(tmp_path):
     """A real `mlflow server` on 127.0.0.1 is stopped and restarted mid-study."""
