@@ -207,6 +207,7 @@ def hours_to_reach(timeline: list[tuple[float, float]], target: float) -> float 
 
 def measure(args: argparse.Namespace, result: Result) -> None:
     import ray
+    from scipy.stats import spearmanr
 
     from ablate.spec import load_search_space
     from ablate.sweep import start_local_ray
@@ -228,11 +229,15 @@ def measure(args: argparse.Namespace, result: Result) -> None:
             measured_seconds = time.perf_counter() - started
             spaces = {ARCH: load_search_space(spaces_dir, ARCH)}
             grid_best = max(mcc for curve in curves.values() for mcc, _ in curve)
+            # How well ASHA's first rung predicts a configuration's rank at the full budget.
+            early = spearmanr([curve[0][0] for curve in curves.values()],
+                              [max(m for m, _ in curve) for curve in curves.values()])[0]
             grid_hours = sum(curve[-1][1] for curve in curves.values())
             print(f"  {task}: {len(curves)} curves measured in {measured_seconds:.0f} s "
                   f"(best dev MCC on the grid {grid_best:.3f})", flush=True)
             task_details = {"curves": {str(k): v for k, v in curves.items()},
                             "measure_seconds": measured_seconds, "grid_best": grid_best,
+                            "spearman_epoch1_vs_best": early,
                             "seeds": {}}
             task_ratios, tpe_missed = [], 0
             for seed in args.seeds:
@@ -279,7 +284,8 @@ def measure(args: argparse.Namespace, result: Result) -> None:
                 f"mean of {len(task_ratios)} seeds ({', '.join(f'{r:.2f}' for r in task_ratios)}"
                 f"){bound}; TPE+ASHA {spent('tpe_asha'):.0f} vs random {spent('random'):.0f} "
                 f"device-s per whole search; grid: {len(curves)} configs, "
-                f"{grid_hours * 3600:.0f} device-s",
+                f"{grid_hours * 3600:.0f} device-s, rank correlation of epoch-1 with best dev "
+                f"MCC {early:+.2f}",
                 f"<= {TARGET}",
                 mean <= TARGET and not tpe_missed,
             ))
