@@ -27,7 +27,6 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "data"
-DNABERT2_TOKENIZER = SHARED / "dnabert2_tokenizer" / "tokenizer.json"
 
 
 def sandbox() -> Path:
@@ -63,6 +62,11 @@ def gue_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"no GUE folder at {path}; set ABLATE_GUE_DIR")
     return path
+
+
+def dnabert2_tokenizer() -> Path:
+    """DNABERT-2's ``tokenizer.json``, expected beside the GUE folder."""
+    return gue_dir().parent / "dnabert2_tokenizer" / "tokenizer.json"
 
 
 @dataclass

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import DNABERT2_TOKENIZER, Result, Row, gue_dir, run_benchmark
+from benchlib import Result, Row, dnabert2_tokenizer, gue_dir, run_benchmark
 
 TARGET = 0.8
 
@@ -52,8 +52,8 @@ def tokenizers() -> dict:
     from ablate.tokenization import char_tokenizer, kmer_tokenizer, load_tokenizer
 
     chosen = {"char": char_tokenizer(), "kmer:6": kmer_tokenizer(6)}
-    if DNABERT2_TOKENIZER.is_file():
-        chosen["bpe (DNABERT-2)"] = load_tokenizer(DNABERT2_TOKENIZER)
+    if dnabert2_tokenizer().is_file():
+        chosen["bpe (DNABERT-2)"] = load_tokenizer(dnabert2_tokenizer())
     return chosen
 
 
@@ -90,8 +90,8 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     result.note(f"{len(splits)} GUE train splits, {rows} of each ({total} sequences); per "
                 f"split, best of {args.repeats} alternating runs of each; the time breakdown "
                 "is from one further, serial run")
-    if not DNABERT2_TOKENIZER.is_file():
-        result.note(f"no DNABERT-2 tokenizer at {DNABERT2_TOKENIZER}: bpe not measured")
+    if not dnabert2_tokenizer().is_file():
+        result.note(f"no DNABERT-2 tokenizer at {dnabert2_tokenizer()}: bpe not measured")
     for name, tokenizer in tokenizers().items():
         tok_hash = tokenizer_hash(tokenizer)
         tokenizer.encode_batch_fast(splits[0][1][:100])  # warm-up
