@@ -126,6 +126,23 @@ def count_step_flops(model: Any, batch: tuple, *, backward: bool) -> int:
     return int(counter.get_total_flops())
 
 
+def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: Any) -> Any:
+    """One optimisation step on a batch of (ids, mask, labels): forward (bf16 autocast on GPUs),
+    cross-entropy, backward, gradient clipping, optimizer step. Returns the detached loss,
+    left on the device (reading it would sync the host)."""
+    import torch
+
+    ids, mask, labels = batch
+    with autocast_context(device):
+        logits = model(ids, mask)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+    optimizer.step()
+    return loss.detach()
+
+
 def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> dict[str, float]:
     import torch
 
@@ -308,16 +325,9 @@ def train_trial(
         loss_sum, seen = torch.zeros((), device=device), 0
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            ids, mask, labels = train.batch(idx, device)
-            with autocast_context(device):
-                logits = model(ids, mask)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-            optimizer.step()
+            loss = train_step(model, optimizer, train.batch(idx, device), device)
             scheduler.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss * len(idx)
             seen += len(idx)
         train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):

@@ -60,7 +60,7 @@ def time_steps(model, train, batch_size: int, steps: int, warmup: int) -> tuple[
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from ablate.training import GRAD_CLIP_NORM, autocast_context, pick_device
+    from ablate.training import pick_device, train_step
 
     device = pick_device()
     model = model.to(device)
@@ -76,19 +76,13 @@ def time_steps(model, train, batch_size: int, steps: int, warmup: int) -> tuple[
     for step in range(total):
         start = time.perf_counter()
         idx = order[step * batch_size : (step + 1) * batch_size]
-        ids, mask, labels = train.batch(idx, device)
+        batch = train.batch(idx, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         fetched = time.perf_counter()
-        with autocast_context(device):
-            logits = model(ids, mask)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-        optimizer.step()
+        loss = train_step(model, optimizer, batch, device)
         scheduler.step()
-        loss_sum += loss.detach() * len(idx)  # as the trial does: summed on the device
+        loss_sum += loss * len(idx)  # as the trial does: summed on the device
         if device.type == "cuda":
             torch.cuda.synchronize()  # the step's own time, not just its launch
         if step >= warmup:

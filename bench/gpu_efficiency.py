@@ -54,7 +54,7 @@ def step_rate(model, split, batch_size: int, device, steps: int, warmup: int) ->
     """Training samples per second over ``steps`` steps after ``warmup`` untimed ones."""
     import torch
 
-    from ablate.training import GRAD_CLIP_NORM, autocast_context
+    from ablate.training import train_step
 
     model = model.to(device).train()
     split = split.resident(device)
@@ -67,14 +67,8 @@ def step_rate(model, split, batch_size: int, device, steps: int, warmup: int) ->
                 torch.cuda.synchronize()
             start, seen = time.perf_counter(), 0
         first = (step * batch_size) % (rows - batch_size + 1)
-        ids, mask, labels = split.batch(slice(first, first + batch_size), device)
-        with autocast_context(device):
-            logits = model(ids, mask)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-        optimizer.step()
+        train_step(model, optimizer, split.batch(slice(first, first + batch_size), device),
+                   device)
         seen += batch_size
     if device.type == "cuda":
         torch.cuda.synchronize()
