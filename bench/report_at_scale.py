@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from ablate.spec import Cell
+
 STUDY, SWEEP = "scale", "scale-1"
 PRETRAIN_EXPERIMENT = "ablate-pretraining"  # ablate.pretrain.PRETRAIN_EXPERIMENT
 DATA_TAG = "synthetic:scale=1.0,seed=0"
@@ -71,23 +73,6 @@ BPE_EFFECT = 0.01
 EPOCH_SECONDS = {"convnova": 30.0, "unet": 35.0, "transformer": 60.0, "cnn": 20.0}
 EPOCH_FLOPS = {"convnova": 2e12, "unet": 3e12, "transformer": 8e12, "cnn": 1e12}
 PRETRAIN_HOURS = {"convnova": 3.0, "unet": 3.5, "transformer": 6.0, "cnn": 2.0}
-
-
-@dataclass(frozen=True)
-class Cell:
-    architecture: str
-    pretraining: str
-    tokenizer: str
-    task: str
-
-    @property
-    def name(self) -> str:  # as ablate.spec.Cell.name
-        return f"{self.architecture}|{self.pretraining}|{self.tokenizer}|{self.task}"
-
-    def tags(self) -> dict[str, str]:  # as ablate.spec.Cell.tags
-        return {"ablate.cell": self.name, "ablate.architecture": self.architecture,
-                "ablate.pretraining": self.pretraining, "ablate.tokenizer": self.tokenizer,
-                "ablate.task": self.task}
 
 
 def layout(cells: int) -> list[Cell]:
