@@ -1,10 +1,12 @@
 """Read a study back from MLflow as DataFrames, and the comparisons built on them.
 
-For notebook users: ``load(tracking_uri, study)`` returns a ``StudyData`` whose methods give
-``cells()`` (the budget table, one row per cell), ``replicates()`` (one row per test run),
-``comparisons()`` (paired tests along each axis, Holm-adjusted) and ``cost_benefit()`` (test MCC
-against device-hours and FLOPs with each amortisation rule). The report is built from the same
-functions.
+For notebook users, each function returns a DataFrame (the report is built from the same ones):
+``runs(tracking_uri, study)`` every run of the latest sweep; ``search_trials(runs)`` its search
+trials; ``cells(trials, runs)`` the budget table, one row per cell; ``replicates(runs)`` one row
+per test run; ``comparisons(replicates)`` paired tests along each axis, Holm-adjusted;
+``cost_benefit(runs, pretrain_costs(...))`` test MCC against device-hours and FLOPs with each
+amortisation rule; ``break_even`` and ``tuning_curves``. Column names follow
+``ablate.tracking.schema``.
 """
 
 from __future__ import annotations
@@ -16,53 +18,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ablate.errors import AblateError
+from ablate.models.registry import CONVOLUTIONAL
+from ablate.tracking.reader import client_for, latest_sweep, runs
+from ablate.tracking.schema import (
+    MetricName,
+    Outcome,
+    Stage,
+    Tag,
+    metric_column,
+    param_column,
+    tag_column,
+)
 
-TAG = "tags.ablate."
+__all__ = ["latest_sweep", "runs"]
+
 AXES = ["architecture", "pretraining", "tokenizer"]
 CELL_COLUMNS = [*AXES, "task"]
+# The tag of each cell column.
+CELL_TAGS = {"architecture": Tag.ARCHITECTURE, "pretraining": Tag.PRETRAINING,
+             "tokenizer": Tag.TOKENIZER, "task": Tag.TASK}
 COLLAPSE_MCC = 0.05  # a replicate whose test MCC is below this has collapsed
-CONVOLUTIONAL = ("convnova", "unet", "cnn")
+
+STAGE = tag_column(Tag.STAGE)
+OUTCOME = tag_column(Tag.OUTCOME)
+CELL = tag_column(Tag.CELL)
+TASK = tag_column(Tag.TASK)
+PRETRAIN_RUN = tag_column(Tag.PRETRAIN_RUN_ID)
+BEST_DEV_MCC = metric_column(MetricName.BEST_DEV_MCC)
+DEVICE_HOURS = metric_column(MetricName.DEVICE_HOURS)
+FLOPS = metric_column(MetricName.FLOPS)
 
 
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri)
-
-
-def latest_sweep(tracking_uri: str, study: str) -> tuple[str, str]:
-    """(experiment id, sweep id) of the study's most recent launch in this tracking store."""
-    client = _client(tracking_uri)
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        raise AblateError(
-            f"study {study!r} has no MLflow experiment at {tracking_uri}; run `ablate run` first "
-            "or pass the --tracking-uri the study used"
-        )
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`ablate.stage` = 'cell'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise AblateError(f"study {study!r} at {tracking_uri} has no cell runs yet")
-    return experiment.experiment_id, runs[0].data.tags["ablate.sweep"]
-
-
-def runs(tracking_uri: str, study: str, sweep: str | None = None) -> pd.DataFrame:
-    """Every run of a sweep (default: the latest): cells, trials and replicates."""
-    import mlflow
-
-    experiment_id, latest = latest_sweep(tracking_uri, study)
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.`ablate.sweep` = '{sweep or latest}'",
-        output_format="pandas",
-        max_results=200_000,
-    )
+def _cell_values(group: pd.DataFrame) -> dict[str, Any]:
+    """The cell columns (architecture, pretraining, tokenizer, task) of a group of one cell."""
+    return {col: group[tag_column(tag)].iloc[0] for col, tag in CELL_TAGS.items()}
 
 
 def search_trials(all_runs: pd.DataFrame) -> pd.DataFrame:
@@ -70,8 +59,8 @@ def search_trials(all_runs: pd.DataFrame) -> pd.DataFrame:
     was killed (``ablate.outcome=lost``: their slots were re-issued and run again)."""
     if all_runs.empty:
         return all_runs
-    keep = (_column(all_runs, f"{TAG}stage") == "trial") & (
-        _column(all_runs, f"{TAG}outcome") != "lost")
+    keep = (_column(all_runs, STAGE) == Stage.TRIAL) & (
+        _column(all_runs, OUTCOME) != Outcome.LOST)
     return all_runs[keep].reset_index(drop=True)
 
 
@@ -91,28 +80,28 @@ def cells(trial_runs: pd.DataFrame, replicate_runs: pd.DataFrame | None = None) 
                "device_hours"]
     if trial_runs.empty:
         return pd.DataFrame(columns=columns)
-    param_cols = [c for c in trial_runs.columns if c.startswith("params.")]
+    param_cols = [c for c in trial_runs.columns if c.startswith(param_column(""))]
     rows = []
-    for cell, group in trial_runs.groupby(f"{TAG}cell", sort=True):
-        outcome = _column(group, f"{TAG}outcome", "running").fillna("running")
-        scores = _column(group, "metrics.best_dev_mcc")
+    for cell, group in trial_runs.groupby(CELL, sort=True):
+        outcome = _column(group, OUTCOME, "running").fillna("running")
+        scores = _column(group, BEST_DEV_MCC)
         best = group.loc[scores.idxmax()] if scores.notna().any() else None
         rows.append({
             "cell": cell,
-            **{col: group[f"{TAG}{col}"].iloc[0] for col in CELL_COLUMNS},
+            **_cell_values(group),
             "trials": len(group),
-            "completed": int((outcome == "completed").sum()),
-            "pruned": int((outcome == "pruned").sum()),
-            "failed": int((outcome == "failed").sum()),
-            "max_epochs": int(pd.to_numeric(_column(group, "params.max_epochs"),
+            "completed": int((outcome == Outcome.COMPLETED).sum()),
+            "pruned": int((outcome == Outcome.PRUNED).sum()),
+            "failed": int((outcome == Outcome.FAILED).sum()),
+            "max_epochs": int(pd.to_numeric(_column(group, param_column("max_epochs")),
                                              errors="coerce").max()),
             "best_dev_mcc": float(scores.max()) if best is not None else np.nan,
-            "best_trial": best[f"{TAG}trial_id"] if best is not None else "",
-            "best_params": ({c.removeprefix("params."): best[c] for c in param_cols
+            "best_trial": best[tag_column(Tag.TRIAL_ID)] if best is not None else "",
+            "best_params": ({c.removeprefix(param_column("")): best[c] for c in param_cols
                              if pd.notna(best[c])} if best is not None else {}),
-            "wall_seconds": float(_column(group, "metrics.wall_seconds").sum()),
-            "flops": float(_column(group, "metrics.flops").sum()),
-            "device_hours": float(_column(group, "metrics.device_hours").sum()),
+            "wall_seconds": float(_column(group, metric_column(MetricName.WALL_SECONDS)).sum()),
+            "flops": float(_column(group, FLOPS).sum()),
+            "device_hours": float(_column(group, DEVICE_HOURS).sum()),
         })
     table = pd.DataFrame(rows, columns=columns)
     if replicate_runs is not None and not replicate_runs.empty:
@@ -139,17 +128,17 @@ def budget_parity(cell_table: pd.DataFrame) -> dict[str, bool]:
 
 def replicates(study_runs: pd.DataFrame) -> pd.DataFrame:
     """One row per replicate (test) run: its cell, seed, test MCC and whether it collapsed."""
-    reps = study_runs[(_column(study_runs, f"{TAG}stage") == "replicate")
-                      & (_column(study_runs, f"{TAG}outcome") != "lost")]
+    reps = study_runs[(_column(study_runs, STAGE) == Stage.REPLICATE)
+                      & (_column(study_runs, OUTCOME) != Outcome.LOST)]
     frame = pd.DataFrame({
-        "cell": reps[f"{TAG}cell"],
-        **{col: reps[f"{TAG}{col}"] for col in CELL_COLUMNS},
-        "seed": pd.to_numeric(_column(reps, f"{TAG}replicate_seed"), errors="coerce"),
-        "test_mcc": _column(reps, "metrics.test_mcc"),
-        "dev_mcc": _column(reps, "metrics.best_dev_mcc"),
-        "device_hours": _column(reps, "metrics.device_hours"),
-        "flops": _column(reps, "metrics.flops"),
-        "failed": _column(reps, f"{TAG}outcome") == "failed",
+        "cell": reps[CELL],
+        **{col: reps[tag_column(tag)] for col, tag in CELL_TAGS.items()},
+        "seed": pd.to_numeric(_column(reps, tag_column(Tag.REPLICATE_SEED)), errors="coerce"),
+        "test_mcc": _column(reps, metric_column(MetricName.TEST_MCC)),
+        "dev_mcc": _column(reps, BEST_DEV_MCC),
+        "device_hours": _column(reps, DEVICE_HOURS),
+        "flops": _column(reps, FLOPS),
+        "failed": _column(reps, OUTCOME) == Outcome.FAILED,
     })
     frame["collapsed"] = ~frame["failed"] & ~(frame["test_mcc"] >= COLLAPSE_MCC)
     return frame.reset_index(drop=True)
@@ -220,12 +209,12 @@ class PretrainCost:
 
 
 def pretrain_costs(tracking_uri: str, run_ids: list[str]) -> dict[str, PretrainCost]:
-    client = _client(tracking_uri)
+    client = client_for(tracking_uri)
     out = {}
     for run_id in run_ids:
         metrics = client.get_run(run_id).data.metrics
-        out[run_id] = PretrainCost(run_id, float(metrics.get("device_hours", 0.0)),
-                                   float(metrics.get("flops", 0.0)))
+        out[run_id] = PretrainCost(run_id, float(metrics.get(MetricName.DEVICE_HOURS, 0.0)),
+                                   float(metrics.get(MetricName.FLOPS, 0.0)))
     return out
 
 
@@ -240,13 +229,13 @@ def cost_benefit(study_runs: pd.DataFrame, costs: dict[str, PretrainCost]) -> pd
     from ablate.stats import AMORTISATION_RULES, amortised_cost, pareto_front
 
     reps = replicates(study_runs)
-    staged = study_runs[_column(study_runs, f"{TAG}stage").isin(["trial", "replicate"])]
-    link = _column(staged, f"{TAG}pretrain_run_id", None)
+    staged = study_runs[_column(study_runs, STAGE).isin([Stage.TRIAL, Stage.REPLICATE])]
+    link = _column(staged, PRETRAIN_RUN, None)
     tasks_using = staged.assign(link=link).dropna(subset=["link"]).groupby("link")[
-        f"{TAG}task"].nunique().to_dict()
+        TASK].nunique().to_dict()
     rows = []
-    for cell, group in staged.groupby(f"{TAG}cell"):
-        run_id = _column(group, f"{TAG}pretrain_run_id", None).dropna()
+    for cell, group in staged.groupby(CELL):
+        run_id = _column(group, PRETRAIN_RUN, None).dropna()
         run_id = run_id.iloc[0] if len(run_id) else None
         pre = costs.get(run_id) if run_id else None
         cell_reps = reps[reps["cell"] == cell]
@@ -254,11 +243,11 @@ def cost_benefit(study_runs: pd.DataFrame, costs: dict[str, PretrainCost]) -> pd
             share = amortised_cost(1.0, tasks_using.get(run_id, 1), rule) if pre else 0.0
             rows.append({
                 "cell": cell,
-                **{col: group[f"{TAG}{col}"].iloc[0] for col in CELL_COLUMNS},
+                **_cell_values(group),
                 "rule": rule,
                 "test_mcc": float(cell_reps["test_mcc"].mean()) if len(cell_reps) else np.nan,
-                "finetune_device_hours": float(_column(group, "metrics.device_hours").sum()),
-                "finetune_flops": float(_column(group, "metrics.flops").sum()),
+                "finetune_device_hours": float(_column(group, DEVICE_HOURS).sum()),
+                "finetune_flops": float(_column(group, FLOPS).sum()),
                 "pretrain_device_hours": pre.device_hours * share if pre else 0.0,
                 "pretrain_flops": pre.flops * share if pre else 0.0,
             })
@@ -281,8 +270,8 @@ def cost_benefit(study_runs: pd.DataFrame, costs: dict[str, PretrainCost]) -> pd
 def cost_to_reach(trial_group: pd.DataFrame, target: float) -> float | None:
     """Device-hours a cell's search spent, in trial order, until a trial reached ``target``."""
     ordered = trial_group.sort_values("start_time")
-    spent = _column(ordered, "metrics.device_hours").fillna(0.0).cumsum()
-    reached = _column(ordered, "metrics.best_dev_mcc") >= target
+    spent = _column(ordered, DEVICE_HOURS).fillna(0.0).cumsum()
+    reached = _column(ordered, BEST_DEV_MCC) >= target
     return float(spent[reached].iloc[0]) if reached.any() else None
 
 
@@ -300,14 +289,15 @@ def break_even(trial_runs: pd.DataFrame, costs: dict[str, PretrainCost]) -> pd.D
     columns = ["architecture", "tokenizer", "pretraining", "task", "target_dev_mcc",
                "pretrained_cost", "scratch_cost", "pretrain_cost", "break_even_tasks", "verdict"]
     rows = []
-    keys = [f"{TAG}architecture", f"{TAG}tokenizer", f"{TAG}task"]
+    keys = [tag_column(Tag.ARCHITECTURE), tag_column(Tag.TOKENIZER), TASK]
+    pretraining = tag_column(Tag.PRETRAINING)
     for (arch, tok, task), group in trial_runs.groupby(keys):
-        scratch = group[group[f"{TAG}pretraining"] == "none"]
-        for pre, pre_group in group.groupby(f"{TAG}pretraining"):
-            run_id = _column(pre_group, f"{TAG}pretrain_run_id", None).dropna()
+        scratch = group[group[pretraining] == "none"]
+        for pre, pre_group in group.groupby(pretraining):
+            run_id = _column(pre_group, PRETRAIN_RUN, None).dropna()
             if pre == "none" or scratch.empty or not len(run_id) or run_id.iloc[0] not in costs:
                 continue
-            target = float(_column(pre_group, "metrics.best_dev_mcc").max())
+            target = float(_column(pre_group, BEST_DEV_MCC).max())
             mine = cost_to_reach(pre_group, target)
             theirs = cost_to_reach(scratch, target)
             pretrain = costs[run_id.iloc[0]].device_hours
@@ -328,8 +318,8 @@ def tuning_curves(trial_runs: pd.DataFrame) -> dict[str, np.ndarray]:
     from ablate.stats import expected_max_curve
 
     curves = {}
-    for cell, group in trial_runs.groupby(f"{TAG}cell"):
-        scores = _column(group, "metrics.best_dev_mcc").dropna().to_numpy()
+    for cell, group in trial_runs.groupby(CELL):
+        scores = _column(group, BEST_DEV_MCC).dropna().to_numpy()
         if len(scores):
             curves[cell] = expected_max_curve(scores)
     return curves

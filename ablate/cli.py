@@ -149,7 +149,7 @@ def run(
         f"study {spec.name}: {len(cells)} cells x {spec.budget.trials_per_cell} trials, "
         f"up to {spec.budget.max_epochs} epochs, {spec.budget.concurrent_trials} at once"
     )
-    from ablate.sweep import run_study
+    from ablate.study import run_study
 
     start = time.perf_counter()
     result = run_study(
@@ -182,10 +182,10 @@ def pretrain(
 
     spec = load_pretrain_spec(spec_path)
     from ablate.pretrain import job_from_spec, run_pretraining
-    from ablate.sweep import start_local_ray
+    from ablate.ray_session import start_ray
 
     job = job_from_spec(spec, progress=lambda msg: print(f"  {msg}", flush=True))
-    start_local_ray(address, cpus=math.ceil(spec.workers * spec.cpus_per_worker) + 1)
+    start_ray(address, cpus=math.ceil(spec.workers * spec.cpus_per_worker) + 1)
     result = run_pretraining(
         job,
         tracking_uri=tracking_uri or spec.tracking.uri,

@@ -39,13 +39,6 @@ class Device:
     peak_flops: float
     peak_source: str
 
-    def as_tags(self) -> dict[str, str]:
-        return {
-            "ablate.device_type": self.kind,
-            "ablate.device_name": self.name,
-            "ablate.peak_source": self.peak_source,
-        }
-
 
 def measure_cpu_peak(size: int = 1024, repeats: int = 3) -> float:
     """FLOP/s of a large float32 matmul on this process's threads (best of ``repeats``)."""

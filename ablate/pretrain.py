@@ -5,8 +5,8 @@ into shards, trains the architecture's encoder with a masked-LM head on Ray Trai
 (``TorchTrainer``: data-parallel workers, 2 CPU workers locally, GPUs on a cluster), streams the
 shards through Ray Data, checkpoints every ``checkpoint_every`` steps and resumes from the last
 checkpoint when started again with the same spec after a kill. The result is registered in
-MLflow as a run tagged ``ablate.stage=pretrain`` holding the model folder as an artifact and its
-full cost: wall seconds, device-hours, FLOPs and tokens seen.
+MLflow (``ablate.tracking.writer.register_pretraining``) as a pretraining run holding the model
+folder as an artifact and its full cost: wall seconds, device-hours, FLOPs and tokens seen.
 
 A pretraining run is identified by a key: a hash of everything that determines it (recipe,
 architecture, preset, overrides, tokenizer, corpus). A finished run with the same key is reused,
@@ -32,10 +32,9 @@ import numpy as np
 
 from ablate.errors import AblateError
 from ablate.spec import PretrainRecipe
+from ablate.tracking.schema import MODEL_ARTIFACT, PRETRAIN_EXPERIMENT, MetricName, Tag
 
-PRETRAIN_EXPERIMENT = "ablate-pretraining"
-TAG_KEY = "ablate.pretrain_key"
-MODEL_ARTIFACT = "model"
+__all__ = ["PRETRAIN_EXPERIMENT", "PretrainJob", "PretrainResult", "run_pretraining"]
 
 
 @dataclass(frozen=True)
@@ -195,45 +194,102 @@ def prepare_corpus_shards(job: PretrainJob, work_dir: Path) -> Path:
 
 
 def _batches(shard: Any, batch_size: int, pad_id: int, width: int) -> Iterator[Any]:
+    """(ids, mask) tensors of full batches from a worker's shard of the corpus."""
     import torch
 
-    from ablate.shards import pad_token_lists
+    from ablate.shards import split_arrays
 
     for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
                                     drop_last=True):
-        column = table.column("input_ids").combine_chunks()
-        ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(),
-                                       pad_id, width)
-        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-        yield torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask)
+        arrays = split_arrays(table, pad_id, width)
+        yield (torch.from_numpy(arrays.input_ids.astype(np.int64)),
+               torch.from_numpy(arrays.attention_mask()))
 
 
-def _mlm_loss(model: Any, ids: Any, mask: Any, labels: Any, vocab_size: int, device: Any) -> Any:
+@dataclass
+class _Optimisation:
+    model: Any  # the model as Ray Train wrapped it (DDP with more than one worker)
+    bare: Any  # the model itself, whose state is saved
+    optimizer: Any
+    scheduler: Any
+
+
+def _build(config: dict, recipe: PretrainRecipe) -> tuple[_Optimisation, int, Any]:
+    """The masked-LM model, wrapped for data parallelism, with AdamW and a linear schedule;
+    returns it, its parameter count and the device."""
+    import ray.train.torch
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from ablate.models.registry import build_mlm, count_parameters
+    from ablate.tokenization import PAD_ID
+
+    bare = build_mlm(
+        config["architecture"], preset=config["preset"], vocab_size=config["vocab_size"],
+        max_len=config["token_limit"], pad_id=PAD_ID, complement_ids=config["complement_ids"],
+        overrides=config["overrides"] or None,
+    )
+    n_params = count_parameters(bare)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(bare)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
+                                  weight_decay=recipe.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(recipe.warmup_ratio * recipe.max_steps), recipe.max_steps
+    )
+    return _Optimisation(model, bare, optimizer, scheduler), n_params, device
+
+
+def _restore(opt: _Optimisation, device: Any) -> dict:
+    """The worker's progress, restored from Ray Train's last checkpoint if there is one."""
+    import ray.train
     import torch
 
-    from ablate.training import autocast_context
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0}
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / "trainer_state.pt", map_location=device,
+                           weights_only=False)
+    opt.bare.load_state_dict(saved["model"])
+    opt.optimizer.load_state_dict(saved["optimizer"])
+    opt.scheduler.load_state_dict(saved["scheduler"])
+    return saved["state"]
 
-    with autocast_context(device):
-        logits = model(ids, mask)
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, vocab_size), labels.reshape(-1), ignore_index=-100
-    )
+
+def _checkpoint_and_report(opt: _Optimisation, state: dict, metrics: dict, rank: int) -> None:
+    """``ray.train.report`` the metrics; rank 0 attaches the trainer state and model folder."""
+    import ray.train
+    import torch
+
+    from ablate.models.io import save_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            torch.save({"model": opt.bare.state_dict(), "optimizer": opt.optimizer.state_dict(),
+                        "scheduler": opt.scheduler.state_dict(), "state": state},
+                       Path(folder) / "trainer_state.pt")
+            save_model(opt.bare, Path(folder) / MODEL_ARTIFACT)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def pretrain_worker(config: dict) -> None:
-    """Ray Train per-worker loop: masked-LM steps, checkpoints, metrics, resume."""
+    """Ray Train per-worker loop: masked-LM steps, checkpoints, metrics, resume.
+
+    A step is the fine-tuning trial's own (``ablate.training.train_step``) with the masked-LM
+    loss of ``MaskedLanguageModel`` through the wrapped model's ``forward``; FLOPs are counted
+    by the trial's counter on the first batch.
+    """
     import logging
 
     import ray.train
-    import ray.train.torch
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    from transformers import get_linear_schedule_with_warmup
 
-    from ablate.models.io import save_model
     from ablate.models.mlm import mask_tokens
-    from ablate.models.registry import build_mlm
-    from ablate.tokenization import MASK_ID, PAD_ID, complement_ids, load_tokenizer
+    from ablate.tokenization import MASK_ID, PAD_ID
+    from ablate.training import count_step_flops, masked_lm_loss, train_step
 
     for name in ("ray.train", "ray.tune"):  # per-report "checkpoint created" lines are noise
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -241,71 +297,30 @@ def pretrain_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(recipe.seed + rank)
-    tokenizer = load_tokenizer(Path(config["tokenizer_path"]))
-    vocab_size = tokenizer.get_vocab_size()
-    model = build_mlm(
-        config["architecture"],
-        preset=config["preset"],
-        vocab_size=vocab_size,
-        max_len=config["token_limit"],
-        pad_id=PAD_ID,
-        complement_ids=complement_ids(tokenizer),
-        overrides=config["overrides"] or None,
-    )
-    bare = model
-    from ablate.models.registry import count_parameters
-
-    n_params = count_parameters(bare)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
-    )
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(recipe.warmup_ratio * recipe.max_steps), recipe.max_steps
-    )
-    state = {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / "trainer_state.pt", map_location=device,
-                               weights_only=False)
-        bare.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+    opt, n_params, device = _build(config, recipe)
+    state = _restore(opt, device)
     resumed_from = state["step"]
-
     generator = torch.Generator().manual_seed(recipe.seed * 7919 + rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
     flops_per_step = None
-    started = time.perf_counter()
-    last_report = started
+    last_report = time.perf_counter()
     loss_sum, loss_count = 0.0, 0
     while state["step"] < recipe.max_steps:
         produced = False
         for ids, mask in _batches(shard, recipe.batch_size, PAD_ID, config["width"]):
             produced = True
-            masked, labels = mask_tokens(ids, mask, vocab_size=vocab_size,
+            masked, labels = mask_tokens(ids, mask, vocab_size=config["vocab_size"],
                                          mask_prob=recipe.mask_prob, generator=generator,
                                          mask_id=MASK_ID)
-            masked, mask, labels = masked.to(device), mask.to(device), labels.to(device)
-
+            batch = (masked.to(device), mask.to(device), labels.to(device))
             if flops_per_step is None:  # counted once, on this worker's first batch
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    _mlm_loss(model, masked, mask, labels, vocab_size, device).backward()
-                optimizer.zero_grad(set_to_none=True)
-                flops_per_step = float(counter.get_total_flops())
-            loss = _mlm_loss(model, masked, mask, labels, vocab_size, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+                flops_per_step = float(count_step_flops(opt.model, batch, backward=True,
+                                                        loss_fn=masked_lm_loss))
+            loss = train_step(opt.model, opt.optimizer, batch, device, loss_fn=masked_lm_loss)
+            opt.scheduler.step()
             state["step"] += 1
             # Counted over all workers: every worker processes the same batch shape.
-            state["tokens_seen"] += int(mask.sum().item()) * world
+            state["tokens_seen"] += int(batch[1].sum().item()) * world
             state["flops"] += flops_per_step * world
             loss_sum += loss.item()
             loss_count += 1
@@ -314,32 +329,12 @@ def pretrain_worker(config: dict) -> None:
                 now = time.perf_counter()
                 state["wall_seconds"] += now - last_report
                 last_report = now
-                metrics = {
-                    "step": state["step"],
-                    "mlm_loss": loss_sum / max(loss_count, 1),
-                    "tokens_seen": state["tokens_seen"],
-                    "flops": state["flops"],
-                    "wall_seconds": state["wall_seconds"],
-                    "resumed_from_step": resumed_from,
-                    "n_params": n_params,
-                }
+                metrics = {"step": state["step"], "mlm_loss": loss_sum / max(loss_count, 1),
+                           "tokens_seen": state["tokens_seen"], "flops": state["flops"],
+                           "wall_seconds": state["wall_seconds"],
+                           "resumed_from_step": resumed_from, "n_params": n_params}
                 loss_sum, loss_count = 0.0, 0
-                with tempfile.TemporaryDirectory() as folder:
-                    if rank == 0:
-                        torch.save(
-                            {
-                                "model": bare.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
-                                "state": state,
-                            },
-                            Path(folder) / "trainer_state.pt",
-                        )
-                        save_model(bare, Path(folder) / MODEL_ARTIFACT)
-                        ckpt = ray.train.Checkpoint.from_directory(folder)
-                    else:
-                        ckpt = None
-                    ray.train.report(metrics, checkpoint=ckpt)
+                _checkpoint_and_report(opt, state, metrics, rank)
             if done:
                 break
         if not produced:
@@ -349,23 +344,9 @@ def pretrain_worker(config: dict) -> None:
 # --- the driver side -------------------------------------------------------------------------
 
 
-def find_finished(client: Any, key: str) -> Any | None:
-    """The most recent FINISHED pretraining run with this key, if any."""
-    experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
 def model_dir_of(client: Any, run: Any, work_dir: Path) -> Path:
     """Local copy of a pretraining run's model folder (downloaded once from MLflow)."""
-    target = Path(work_dir) / "pretrained" / run.data.tags[TAG_KEY]
+    target = Path(work_dir) / "pretrained" / run.data.tags[Tag.PRETRAIN_KEY]
     if not (target / MODEL_ARTIFACT / "config.json").is_file():
         staging = Path(tempfile.mkdtemp(prefix=".dl-", dir=_ensure(target.parent)))
         client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, str(staging))
@@ -383,14 +364,88 @@ def _result_from_run(client: Any, run: Any, work_dir: Path, reused: bool) -> Pre
     metrics = run.data.metrics
     return PretrainResult(
         run_id=run.info.run_id,
-        key=run.data.tags[TAG_KEY],
+        key=run.data.tags[Tag.PRETRAIN_KEY],
         model_dir=str(model_dir_of(client, run, work_dir)),
-        wall_seconds=float(metrics.get("wall_seconds", 0.0)),
-        device_hours=float(metrics.get("device_hours", 0.0)),
-        flops=float(metrics.get("flops", 0.0)),
-        tokens_seen=int(metrics.get("tokens_seen", 0)),
+        wall_seconds=float(metrics.get(MetricName.WALL_SECONDS, 0.0)),
+        device_hours=float(metrics.get(MetricName.DEVICE_HOURS, 0.0)),
+        flops=float(metrics.get(MetricName.FLOPS, 0.0)),
+        tokens_seen=int(metrics.get(MetricName.TOKENS_SEEN, 0)),
         reused=reused,
     )
+
+
+def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str) -> Any:
+    """The Ray Train ``TorchTrainer`` of a job, streaming its corpus shards through Ray Data."""
+    import ray.data
+    import ray.train
+    import ray.util
+    from ray.train.torch import TorchTrainer
+
+    from ablate.tokenization import complement_ids, load_tokenizer
+
+    recipe = job.recipe
+    tokenizer = load_tokenizer(Path(job.tokenizer_path))  # read here: workers get its values
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # The corpus shards sit on the driver's node: read them there.
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5, resources=here)
+    return TorchTrainer(
+        pretrain_worker,
+        train_loop_config={
+            "recipe": recipe.model_dump(mode="json"),
+            "architecture": job.architecture,
+            "preset": job.preset,
+            "overrides": job.overrides,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "complement_ids": complement_ids(tokenizer),
+            "token_limit": job.token_limit,
+            "width": manifest.max_tokens,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=recipe.workers,
+            use_gpu=recipe.use_gpu,
+            resources_per_worker={"CPU": recipe.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # Same key, same name: starting again after a kill resumes from the last checkpoint.
+            name=f"pretrain-{job.key}",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+        datasets={"train": dataset},
+    )
+
+
+def _run_record(job: PretrainJob, num_rows: int, metrics: dict,
+                elapsed: float) -> tuple[dict, dict]:
+    """(params, metrics) of a finished pretraining's MLflow run, with its full cost: the whole
+    fit (workers' start-up, data, steps), not only the step time."""
+    recipe = job.recipe
+    devices = recipe.workers  # one GPU per worker with use_gpu, else one CPU worker each
+    wall_seconds = max(elapsed, float(metrics.get("wall_seconds", 0.0)))
+    params = {
+        **{k: v for k, v in recipe.model_dump(mode="json").items() if k != "corpus"},
+        **{f"corpus.{k}": v for k, v in recipe.corpus.model_dump(mode="json").items()},
+        "architecture": job.architecture,
+        "preset": job.preset,
+        "tokenizer": job.tokenizer_value,
+        "corpus_sequences": num_rows,
+    }
+    values = {
+        "wall_seconds": wall_seconds,
+        "step_seconds": float(metrics.get("wall_seconds", 0.0)),
+        "device_hours": wall_seconds / 3600 * devices,
+        "flops": float(metrics.get("flops", 0.0)),
+        "tokens_seen": float(metrics.get("tokens_seen", 0)),
+        "mlm_loss": float(metrics.get("mlm_loss", math.nan)),
+        "steps": float(metrics.get("step", 0)),
+        "devices": float(devices),
+        "resumed_from_step": float(metrics.get("resumed_from_step", 0)),
+        "n_params": float(metrics.get("n_params", 0)),
+    }
+    return params, values
 
 
 def run_pretraining(
@@ -403,20 +458,15 @@ def run_pretraining(
     extra_tags: dict[str, str] | None = None,
 ) -> PretrainResult:
     """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key)."""
-    import ray
-    import ray.data
-    import ray.train
-    import ray.util
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-    from ray.train.torch import TorchTrainer
 
     from ablate.shards import ShardManifest
-    from ablate.tracking import get_or_create_experiment
+    from ablate.tracking.reader import find_finished_pretraining
+    from ablate.tracking.writer import register_pretraining
 
     client = MlflowClient(tracking_uri)
     key = job.key
-    finished = find_finished(client, key)
+    finished = find_finished_pretraining(client, key)
     if finished is not None:
         progress(f"pretraining {job.name} ({key}) already done: run {finished.info.run_id}")
         return _result_from_run(client, finished, work_dir, reused=True)
@@ -424,97 +474,28 @@ def run_pretraining(
     progress(f"pretraining {job.name} ({key}): tokenizing the corpus")
     shard_dir = prepare_corpus_shards(job, work_dir)
     manifest = ShardManifest.read(shard_dir)
-    recipe = job.recipe
     storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    # The corpus shards sit on the driver's node: read them there.
-    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
-    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5, resources=here)
-    trainer = TorchTrainer(
-        pretrain_worker,
-        train_loop_config={
-            "recipe": recipe.model_dump(mode="json"),
-            "architecture": job.architecture,
-            "preset": job.preset,
-            "overrides": job.overrides,
-            "tokenizer_path": job.tokenizer_path,
-            "token_limit": job.token_limit,
-            "width": manifest.max_tokens,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=recipe.workers,
-            use_gpu=recipe.use_gpu,
-            resources_per_worker={"CPU": recipe.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            # Same key, same name: starting again after a kill resumes from the last checkpoint.
-            name=f"pretrain-{key}",
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=2),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-        ),
-        datasets={"train": dataset},
-    )
+    trainer = _trainer(job, manifest, shard_dir, storage_path)
     progress(
         f"pretraining {job.architecture}/{job.preset} with {job.tokenizer_value} on "
-        f"{manifest.num_rows} sequences: {recipe.max_steps} steps x {recipe.workers} workers"
+        f"{manifest.num_rows} sequences: {job.recipe.max_steps} steps x {job.recipe.workers} "
+        "workers"
     )
     started = time.perf_counter()
     result = trainer.fit()
     elapsed = time.perf_counter() - started
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
-    metrics = result.metrics or {}
-    devices = recipe.workers  # one GPU per worker with use_gpu, else one CPU worker each
-    # The full cost: the whole fit (workers' start-up, data, steps), not only the step time.
-    wall_seconds = max(elapsed, float(metrics.get("wall_seconds", 0.0)))
-    device_hours = wall_seconds / 3600 * devices
-
-    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-    tags = {
-        "ablate.stage": "pretrain",
-        TAG_KEY: key,
-        "ablate.pretrain_name": job.name,
-        "ablate.architecture": job.architecture,
-        "ablate.tokenizer": job.tokenizer_value,
-        "ablate.device_type": "gpu" if recipe.use_gpu else "cpu",
-        **(extra_tags or {}),
-    }
-    run = client.create_run(experiment_id, tags=tags, run_name=f"{job.name}-{job.architecture}")
-    run_id = run.info.run_id
-    params = {
-        **{k: v for k, v in recipe.model_dump(mode="json").items() if k != "corpus"},
-        **{f"corpus.{k}": v for k, v in recipe.corpus.model_dump(mode="json").items()},
-        "architecture": job.architecture,
-        "preset": job.preset,
-        "tokenizer": job.tokenizer_value,
-        "corpus_sequences": manifest.num_rows,
-    }
-    now = int(time.time() * 1000)
-    values = {
-        "wall_seconds": wall_seconds,
-        "step_seconds": float(metrics.get("wall_seconds", 0.0)),
-        "device_hours": device_hours,
-        "flops": float(metrics.get("flops", 0.0)),
-        "tokens_seen": float(metrics.get("tokens_seen", 0)),
-        "mlm_loss": float(metrics.get("mlm_loss", math.nan)),
-        "steps": float(metrics.get("step", 0)),
-        "devices": float(devices),
-        "resumed_from_step": float(metrics.get("resumed_from_step", 0)),
-        "n_params": float(metrics.get("n_params", 0)),
-    }
-    client.log_batch(
-        run_id,
-        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        metrics=[Metric(k, v, now, 0) for k, v in values.items()],
-    )
+    params, values = _run_record(job, manifest.num_rows, result.metrics or {}, elapsed)
     with result.checkpoint.as_directory() as folder:
-        client.log_artifacts(run_id, str(Path(folder) / MODEL_ARTIFACT), MODEL_ARTIFACT)
-    client.set_terminated(run_id, status="FINISHED")
+        run_id = register_pretraining(
+            client, key=key, name=job.name, architecture=job.architecture,
+            tokenizer=job.tokenizer_value, device_type="gpu" if job.recipe.use_gpu else "cpu",
+            params=params, metrics=values, model_folder=Path(folder) / MODEL_ARTIFACT,
+            extra_tags=extra_tags,
+        )
     progress(
-        f"pretraining {job.name} done: run {run_id}, {wall_seconds:.0f} s, "
+        f"pretraining {job.name} done: run {run_id}, {values['wall_seconds']:.0f} s, "
         f"{values['flops']:.3g} FLOPs, final masked-LM loss {values['mlm_loss']:.3f}"
     )
     return _result_from_run(client, client.get_run(run_id), work_dir, reused=False)
@@ -542,10 +523,8 @@ def job_from_spec(spec: Any, progress: Callable[[str], None] = print) -> Pretrai
                           "give bpe:PATH to use an existing tokenizer with a FASTA corpus")
     progress(f"building tokenizer {spec.tokenizer}")
     _, tok_file = resolve_tokenizer(
-        spec.tokenizer, gue_root=Path(gue_dir) if gue_dir else base,
-        tasks=corpus.gue_tasks or [], work_dir=spec.work_path,
-        kmer_k=spec.tokenizers.kmer_k, bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
-        base_dir=base,
+        choice, gue_root=Path(gue_dir) if gue_dir else base, tasks=corpus.gue_tasks or [],
+        work_dir=spec.work_path, bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
     )
     if corpus.fasta:
         bp = corpus.window_bp
@@ -575,9 +554,9 @@ def register_external(
 ) -> PretrainResult:
     """Record an external checkpoint as a pretraining run with its declared cost (once)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
 
-    from ablate.tracking import get_or_create_experiment
+    from ablate.tracking import writer
+    from ablate.tracking.reader import find_finished_pretraining
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -588,27 +567,11 @@ def register_external(
         digest.update(_file_sha256(path).encode())
     key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}"
     client = MlflowClient(tracking_uri)
-    finished = find_finished(client, key)
-    if finished is None:
-        experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-        tags = {
-            "ablate.stage": "pretrain",
-            TAG_KEY: key,
-            "ablate.pretrain_name": name,
-            "ablate.pretrain_kind": "external",
-            "ablate.architecture": "transformer",
-            **(extra_tags or {}),
-        }
-        run = client.create_run(experiment_id, tags=tags, run_name=f"external-{name}")
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run.info.run_id,
-            params=[Param("path", str(folder)), Param("cost_source", "declared")],
-            metrics=[Metric("device_hours", float(device_hours), now, 0)],
-        )
-        client.set_terminated(run.info.run_id, status="FINISHED")
-        finished = client.get_run(run.info.run_id)
+    finished = find_finished_pretraining(client, key)
+    run_id = finished.info.run_id if finished is not None else writer.register_external(
+        client, key=key, name=name, folder=folder, device_hours=device_hours,
+        extra_tags=extra_tags)
     return PretrainResult(
-        run_id=finished.info.run_id, key=key, model_dir=str(folder), wall_seconds=0.0,
+        run_id=run_id, key=key, model_dir=str(folder), wall_seconds=0.0,
         device_hours=float(device_hours), flops=0.0, tokens_seen=0, reused=True,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import analysis
+from ablate.tracking.schema import Tag, tag_column
 
 QUESTIONS = {
     "architecture": "Do pretrained transformers beat convolutional models?",
@@ -182,7 +183,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     parity = analysis.budget_parity(table)
     table["budget_equal"] = table["cell"].map(parity)
     comps = analysis.comparisons(reps) if len(reps) else pd.DataFrame()
-    pre_ids = analysis._column(all_runs, "tags.ablate.pretrain_run_id", None).dropna().unique()
+    pre_ids = analysis._column(all_runs, analysis.PRETRAIN_RUN, None).dropna().unique()
     costs = analysis.pretrain_costs(tracking_uri, list(pre_ids))
     benefit = analysis.cost_benefit(all_runs, costs)
     even = analysis.break_even(trial_runs, costs)
@@ -208,7 +209,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     friedman_line = _friedman(reps, out, plots)
 
     summary = summarise(comps, has_replicates=bool(len(reps)))
-    data_tags = analysis._column(all_runs, "tags.ablate.data", "").dropna().unique()
+    data_tags = analysis._column(all_runs, tag_column(Tag.DATA), "").dropna().unique()
     synthetic = any(str(v).startswith("synthetic") for v in data_tags)
     budget_note = ("All cells had the same budget." if all(parity.values()) else
                    "**Budgets differ**: comparisons involving cells marked False in "

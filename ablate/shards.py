@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from tokenizers import Tokenizer
 
+    from ablate.tokenization import TokenizerChoice
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -89,7 +91,7 @@ def _encode_ahead(tokenizer: Tokenizer, sequences: list[str], ranges: list[tuple
             yield a, b, encodings
 
 
-def _token_table(encodings: list, labels: np.ndarray) -> tuple[pa.Table, int]:
+def token_table(encodings: list, labels: np.ndarray) -> tuple[pa.Table, int]:
     """Token ids as an Arrow list column (one flat buffer plus offsets) and the longest row."""
     import pyarrow as pa
 
@@ -144,7 +146,7 @@ def write_shards(
         max_tokens = 0
         try:
             for a, b, encodings in _encode_ahead(tokenizer, sequences, ranges, length_bp):
-                table, longest = _token_table(encodings, labels[a:b])
+                table, longest = token_table(encodings, labels[a:b])
                 max_tokens = max(max_tokens, longest)
                 if a % rows_per_shard == 0:  # a range that starts a new shard file
                     if writer is not None:
@@ -153,7 +155,7 @@ def write_shards(
                     writer = pq.ParquetWriter(staging / files[-1], table.schema)
                 writer.write_table(table)
             if not files:  # an empty split still gets one (empty) shard file
-                table, _ = _token_table([], labels[:0])
+                table, _ = token_table([], labels[:0])
                 files.append("part-00000.parquet")
                 pq.write_table(table, staging / files[-1])
         finally:
@@ -210,6 +212,19 @@ def pad_token_lists(
     return ids, lengths
 
 
+def split_arrays(table: pa.Table, pad_id: int, width: int | None = None) -> SplitArrays:
+    """A shard table (``input_ids`` list column, optional ``label``) as padded ``SplitArrays``:
+    the one place a shard's rows become arrays (trials, pretraining and benchmarks use it)."""
+    column = table.column("input_ids").combine_chunks()
+    ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(), pad_id,
+                                   width)
+    if "label" in table.column_names:
+        labels = table.column("label").to_numpy().astype(np.int64)
+    else:
+        labels = np.zeros(len(lengths), dtype=np.int64)
+    return SplitArrays(ids, lengths, labels)
+
+
 def read_shard_sets(
     folders: list[str], pad_id: int, *, read_cpus: float = 1.0
 ) -> dict[str, SplitArrays]:
@@ -253,13 +268,18 @@ def read_shard_sets(
         got = 0 if table is None else table.num_rows
         if got != manifest.num_rows:
             raise RuntimeError(f"{folder}: read {got} rows, manifest says {manifest.num_rows}")
-        column = table.column("input_ids").combine_chunks()
-        ids, lengths = pad_token_lists(
-            column.offsets.to_numpy(), column.values.to_numpy(), pad_id, manifest.max_tokens
-        )
-        labels = table.column("label").to_numpy().astype(np.int64)
-        result[folder] = SplitArrays(ids, lengths, labels)
+        result[folder] = split_arrays(table, pad_id, manifest.max_tokens)
     return result
+
+
+def read_shard_set(folder: str | Path, pad_id: int) -> SplitArrays:
+    """One shard set read straight from its Parquet files in this process (no Ray): for tools
+    and benchmarks. A study reads its shard sets through Ray Data (`read_shard_sets`)."""
+    import pyarrow.parquet as pq
+
+    manifest = ShardManifest.read(Path(folder))
+    table = pq.read_table(manifest.paths(Path(folder)), columns=["input_ids", "label"])
+    return split_arrays(table, pad_id, manifest.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -274,20 +294,18 @@ class TaskInputs:
     length_bp: int
     token_limit: int
     splits: dict[str, str]  # split name -> shard-set folder
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    # token id -> id of its base complement (ConvNova's complement stream), so a trial never
+    # needs the tokenizer file
+    complement_ids: tuple[int, ...] = ()
 
 
 def resolve_tokenizer(
-    choice_value: str,
+    choice: TokenizerChoice,
     *,
     gue_root: Path,
     tasks: list[str],
     work_dir: Path,
-    kmer_k: int = 6,
     bpe_vocab_size: int = 4096,
-    base_dir: Path | None = None,
 ) -> tuple[Tokenizer, Path]:
     """Build (or load from cache) the tokenizer an axis value names; returns it and its file.
 
@@ -297,14 +315,8 @@ def resolve_tokenizer(
     checksums and the vocabulary size.
     """
     from ablate.data.gue import get_dataset, read_split
-    from ablate.tokenization import (
-        build_tokenizer,
-        load_tokenizer,
-        parse_tokenizer_choice,
-        tokenizer_hash,
-    )
+    from ablate.tokenization import build_tokenizer, load_tokenizer, tokenizer_hash
 
-    choice = parse_tokenizer_choice(choice_value, default_k=kmer_k, base_dir=base_dir)
     tok_root = Path(work_dir) / "tokenizers"
     if choice.kind == "bpe" and choice.path is None:
         trains = {task: read_split(gue_root, task, "train") for task in sorted(tasks)}
@@ -333,13 +345,11 @@ def resolve_tokenizer(
 def prepare_task_inputs(
     gue_root: Path,
     task: str,
-    choice_value: str,
+    choice: TokenizerChoice,
     tokenizer: Tokenizer,
     tokenizer_path: Path,
     *,
     work_dir: Path,
-    kmer_k: int = 6,
-    base_dir: Path | None = None,
     drop_train_duplicates: bool = False,
 ) -> TaskInputs:
     """Tokenize one task's splits with one tokenizer into cached shard sets.
@@ -347,18 +357,12 @@ def prepare_task_inputs(
     With ``drop_train_duplicates``, train rows whose exact sequence occurs in dev or test are
     left out (a leakage fix; the shard set's key records it).
     """
-    from ablate.data.gue import SPLITS, get_dataset, read_split, split_path
-    from ablate.tokenization import parse_tokenizer_choice, token_limit, tokenizer_hash
+    from ablate.data.gue import SPLITS, get_dataset, read_split, require_splits, split_path
+    from ablate.tokenization import complement_ids, token_limit, tokenizer_hash
 
     dataset = get_dataset(task)
-    choice = parse_tokenizer_choice(choice_value, default_k=kmer_k, base_dir=base_dir)
+    require_splits(gue_root, task, ("train", "dev"))
     present = [s for s in SPLITS if split_path(gue_root, task, s).is_file()]
-    for required in ("train", "dev"):
-        if required not in present:
-            raise AblateError(
-                f"{split_path(gue_root, task, required)}: task {task} has no {required} split; "
-                "a study needs train and dev (pick a complete dataset: `ablate data check DIR`)"
-            )
     tok_hash = tokenizer_hash(tokenizer)
     loaded = {split: read_split(gue_root, task, split) for split in present}
     if drop_train_duplicates:
@@ -382,13 +386,14 @@ def prepare_task_inputs(
         splits[split] = str(folder)
     return TaskInputs(
         task=task,
-        tokenizer=choice_value,
+        tokenizer=choice.value,
         tokenizer_path=str(tokenizer_path),
         vocab_size=tokenizer.get_vocab_size(),
         num_classes=dataset.num_classes,
         length_bp=dataset.length_bp,
         token_limit=token_limit(choice, dataset.length_bp),
         splits=splits,
+        complement_ids=tuple(complement_ids(tokenizer)),
     )
 
 

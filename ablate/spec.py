@@ -21,14 +21,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate.errors import AblateError
+from ablate.models.registry import ARCHITECTURES
 
-ARCHITECTURES = ("convnova", "transformer", "unet", "cnn")
+if TYPE_CHECKING:
+    from ablate.tokenization import TokenizerChoice
+
 DEFAULT_SEARCH_SPACE_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
@@ -214,7 +217,6 @@ class StudySpec(_Strict):
     external_checkpoints: dict[str, ExternalCheckpoint] = Field(default_factory=dict)
     search_space_dir: str | None = None
     work_dir: str = ".ablate"
-    metric: Literal["best_dev_mcc"] = "best_dev_mcc"
     # Set by load_study: the folder relative paths are resolved against (the current one).
     base_dir: str = "."
 
@@ -248,6 +250,14 @@ class StudySpec(_Strict):
                         "axes.tokenizer"
                     )
         return self
+
+    def tokenizer_choices(self) -> dict[str, TokenizerChoice]:
+        """Each value of the tokenizer axis, parsed (``parse_study`` has checked them)."""
+        from ablate.tokenization import parse_tokenizer_choice
+
+        return {value: parse_tokenizer_choice(value, default_k=self.tokenizers.kmer_k,
+                                              base_dir=Path(self.base_dir))
+                for value in self.axes.tokenizer}
 
     def path(self, value: str) -> Path:
         """Resolve a path from the spec: expand ``${VAR}`` and ``~``; relative to ``base_dir``."""
@@ -310,15 +320,10 @@ def parse_study(data: Any, *, source: str = "<spec>", base_dir: Path | None = No
     except ValidationError as exc:
         raise AblateError(_format_validation_error(source, exc)) from None
     # Tokenizer values need the spec's folder for bpe:PATH, so they are checked here.
-    from ablate.tokenization import parse_tokenizer_choice
-
-    for value in spec.axes.tokenizer:
-        try:
-            parse_tokenizer_choice(
-                value, default_k=spec.tokenizers.kmer_k, base_dir=Path(spec.base_dir)
-            )
-        except AblateError as exc:
-            raise AblateError(f"{source}: axes.tokenizer: {exc}") from None
+    try:
+        spec.tokenizer_choices()
+    except AblateError as exc:
+        raise AblateError(f"{source}: axes.tokenizer: {exc}") from None
     return spec
 
 
@@ -395,15 +400,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.architecture}|{self.pretraining}|{self.tokenizer}|{self.task}"
-
-    def tags(self) -> dict[str, str]:
-        return {
-            "ablate.cell": self.name,
-            "ablate.architecture": self.architecture,
-            "ablate.pretraining": self.pretraining,
-            "ablate.tokenizer": self.tokenizer,
-            "ablate.task": self.task,
-        }
 
 
 def expand_cells(spec: StudySpec) -> list[Cell]:

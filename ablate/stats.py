@@ -1,9 +1,10 @@
 """Statistics for comparing ablation cells: intervals, paired tests, ranks and cost trade-offs.
 
-Every function is pure: arrays or DataFrames in, a small frozen dataclass, array or DataFrame
-out. Statistical tests and the bootstrap come from SciPy; the few numerics written here by hand
-(Holm's step-down, the expected-maximum tuning curve, the Pareto mask, the break-even count and
-the critical-difference drawing) are marked where they occur, with the reason.
+Every function but one is pure: arrays or DataFrames in, a small frozen dataclass, array or
+DataFrame out; :func:`plot_critical_difference` draws and writes an image file. Statistical
+tests and the bootstrap come from SciPy; the few numerics written here by hand (Holm's
+step-down, the expected-maximum tuning curve, the Pareto mask, the break-even count and the
+critical-difference drawing) are marked where they occur, with the reason.
 
 Typical use, for one axis of the study (say pretrained vs from scratch, same architecture and
 tokenizer): build a (tasks x replicates) array of test MCC per condition, call

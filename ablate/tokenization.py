@@ -20,7 +20,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -45,6 +45,7 @@ class TokenizerChoice:
     kind: str
     k: int | None = None
     path: Path | None = None
+    value: str = field(default="", compare=False)  # the axis value as the spec spells it
 
     @property
     def label(self) -> str:
@@ -59,7 +60,14 @@ class TokenizerChoice:
 def parse_tokenizer_choice(value: str, *, default_k: int = 6, base_dir: Path | None = None) -> (
     TokenizerChoice
 ):
-    """Parse an axis value such as ``char``, ``kmer:3`` or ``bpe:path/to/tokenizer.json``."""
+    """Parse an axis value such as ``char``, ``kmer:3`` or ``bpe:path/to/tokenizer.json``.
+
+    Parsed once, where a spec is read; the typed value travels from there.
+    """
+    return replace(_parse(value, default_k, base_dir), value=value)
+
+
+def _parse(value: str, default_k: int, base_dir: Path | None) -> TokenizerChoice:
     kind, _, arg = value.partition(":")
     if kind not in KINDS:
         raise AblateError(

@@ -1,14 +1,17 @@
 """The trainable: one Ray Tune trial fits one configuration of one cell.
 
-``train_trial(config)`` is a plain function in the style of Ray Tune's examples: it reads the
-cell's shards through Ray Data, trains on train, evaluates dev after every epoch, and calls
-``tune.report`` with dev metrics, cost (wall seconds, FLOPs) and a checkpoint. Search, resources
-and scheduling live outside it (``ablate.sweep``).
+``train_trial(config, plans, data, weights)`` is a plain function in the style of Ray Tune's
+examples. ``config`` is Tune's per-trial config (a ``TrialConfig``: cell, searched
+hyperparameters, seed); ``plans`` maps each cell to its ``CellPlan`` (task inputs, model,
+starting point, resources, prices, epoch budget); ``data`` and ``weights`` are the study's split
+arrays and pretrained model files in Ray's object store. Both reach the trainable through
+``tune.with_parameters`` (see ``ablate.study``). It trains on train, evaluates dev after every
+epoch and calls ``tune.report`` with dev metrics, cost (wall seconds, FLOPs, device-hours) and a
+checkpoint; a replicate evaluates its best-on-dev model once on test at the end. Every numeric
+field it reports is logged to MLflow (``ablate.tracking``).
 
-The config it receives (built by ``ablate.sweep.CellSearcher``) has these keys:
-``cell`` (name), ``inputs`` (``TaskInputs.as_dict()``), ``model`` ({architecture, preset,
-overrides}), ``hparams`` (learning_rate, weight_decay, dropout, warmup_ratio, batch_size),
-``max_epochs`` and ``seed``.
+``train_step``, ``count_step_flops`` and ``autocast_context`` are shared with masked-LM
+pretraining (``ablate.pretrain``), so both count and take a step the same way.
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablate.cost import FLOPS_METHOD, EnergyMeter, cost_metrics, current_device
+from ablate.cost import FLOPS_METHOD, Device, EnergyMeter, cost_metrics, current_device
 from ablate.shards import SplitArrays
+from ablate.trial import CellPlan, TrialConfig
+
+if TYPE_CHECKING:
+    from ablate.models.heads import SequenceClassifier
 
 DEFAULT_HPARAMS = {
     "learning_rate": 1e-3,
@@ -71,14 +79,6 @@ class SplitTensors:
                      for t in (self.input_ids, self.attention_mask, self.labels))
 
 
-def ran_to_end(result: dict, max_epochs: int) -> bool:
-    """Whether a trial's last result ends it by its own rule (max epochs or dev patience).
-
-    Anything else that ends a trial early (ASHA) makes it a pruned trial, not a completed one.
-    """
-    return bool(result.get("finished")) or int(result.get("training_iteration", 0)) >= max_epochs
-
-
 def pick_device() -> Any:
     """The GPU Ray assigned to this trial if there is one, else the CPU."""
     import torch
@@ -107,35 +107,48 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, f
     }
 
 
-def count_step_flops(model: Any, batch: tuple, *, backward: bool) -> int:
+def classification_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    """Cross-entropy of a classifier's logits (in float32) against sequence labels."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(model(ids, mask).float(), labels)
+
+
+def masked_lm_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    """``MaskedLanguageModel.loss``, called through ``forward`` so a DDP wrapper sees it."""
+    return model(ids, mask, labels)
+
+
+LossFn = Callable[[Any, Any, Any, Any], Any]
+
+
+def count_step_flops(model: Any, batch: tuple, *, backward: bool,
+                     loss_fn: LossFn = classification_loss) -> int:
     """FLOPs of one forward (and backward) pass, counted by ``torch.utils.flop_counter``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    ids, mask, labels = batch
     counter = FlopCounterMode(display=False)
     with counter:
         if backward:
-            loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
-            loss.backward()
+            loss_fn(model, *batch).backward()
         else:
             with torch.no_grad():
-                model(ids, mask)
+                model(*batch[:2])
     if backward:
         model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 
 
-def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: Any) -> Any:
-    """One optimisation step on a batch of (ids, mask, labels): forward (bf16 autocast on GPUs),
-    cross-entropy, backward, gradient clipping, optimizer step. Returns the detached loss,
-    left on the device (reading it would sync the host)."""
+def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: Any,
+               loss_fn: LossFn = classification_loss) -> Any:
+    """One optimisation step on a batch of (ids, mask, labels): forward and loss (bf16
+    autocast on GPUs, the loss in float32), backward, gradient clipping, optimizer step.
+    Returns the detached loss, left on the device (reading it would sync the host)."""
     import torch
 
-    ids, mask, labels = batch
     with autocast_context(device):
-        logits = model(ids, mask)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss = loss_fn(model, *batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
@@ -161,240 +174,326 @@ def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> d
     return metrics
 
 
-def build_model(config: dict, weights: dict[str, Any] | None = None) -> Any:
-    """The classifier a trial config describes (architecture, preset, vocabulary, classes).
+def _unpack_files(files: Any, folder: Path) -> None:
+    """Write a model folder's files (a dict of bytes, or an object ref to one) into ``folder``."""
+    import ray
 
-    A pretrained cell (``config["pretrained"]``) starts from the pretrained encoder, whose model
-    folder's files arrive in ``weights`` (pretraining key -> {file name: bytes}); every other
-    cell starts from the same architecture freshly initialised.
+    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+
+
+def build_model(plan: CellPlan, trial: TrialConfig,
+                weights: dict[str, Any] | None = None) -> SequenceClassifier:
+    """The classifier a cell plan describes, with the trial's dropout.
+
+    A pretrained cell starts from the pretrained encoder, whose model folder's files arrive in
+    ``weights`` (weights key -> {file name: bytes}); every other cell starts from the same
+    architecture freshly initialised.
     """
     from ablate.models.registry import build_classifier
-    from ablate.tokenization import PAD_ID, complement_ids, load_tokenizer
+    from ablate.tokenization import PAD_ID
 
-    inputs = config["inputs"]
-    model_cfg = config["model"]
-    pretrained = config.get("pretrained")
-    if model_cfg.get("external"):
-        return _external_classifier(config, (weights or {})[pretrained["key"]])
-    tokenizer = load_tokenizer(Path(inputs["tokenizer_path"]))
+    inputs, source = plan.inputs, plan.source
+    dropout = float(trial.hparams["dropout"])
+    if source.external:
+        return _external_classifier(plan, dropout, (weights or {})[source.weights_key])
     model = build_classifier(
-        model_cfg["architecture"],
-        preset=model_cfg["preset"],
-        vocab_size=inputs["vocab_size"],
-        num_classes=inputs["num_classes"],
-        max_len=model_cfg.get("max_len") or inputs["token_limit"],
+        plan.model.architecture,
+        preset=plan.model.preset,
+        vocab_size=inputs.vocab_size,
+        num_classes=inputs.num_classes,
+        max_len=plan.model.token_limit or inputs.token_limit,
         pad_id=PAD_ID,
-        dropout=float(config["hparams"]["dropout"]),
-        complement_ids=complement_ids(tokenizer),
-        overrides=model_cfg.get("overrides") or None,
+        dropout=dropout,
+        complement_ids=list(inputs.complement_ids),
+        overrides=dict(plan.model.overrides) or None,
     )
-    if pretrained:
-        import ray
-
+    if source.pretrained:
         from ablate.models.io import load_encoder_weights
 
-        files = (weights or {})[pretrained["key"]]
-        files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
         with tempfile.TemporaryDirectory() as folder:
-            for name, content in files.items():
-                (Path(folder) / name).write_bytes(content)
+            _unpack_files((weights or {})[source.weights_key], Path(folder))
             load_encoder_weights(model, Path(folder))
     return model
 
 
-def _external_classifier(config: dict, files: Any) -> Any:
+def _external_classifier(plan: CellPlan, dropout: float, files: Any) -> SequenceClassifier:
     """A classifier on an external checkpoint whose files arrive through the object store."""
-    import ray
-
     from ablate.errors import AblateError
     from ablate.models.external import build_external_classifier
 
-    files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
     with tempfile.TemporaryDirectory(prefix="external-") as folder:
-        for name, content in files.items():
-            (Path(folder) / name).write_bytes(content)
+        _unpack_files(files, Path(folder))
         model = build_external_classifier(
-            folder,
-            num_classes=config["inputs"]["num_classes"],
-            dropout=float(config["hparams"]["dropout"]),
-            trust_remote_code=bool(config["model"]["external"].get("trust_remote_code")),
+            folder, num_classes=plan.inputs.num_classes, dropout=dropout,
+            trust_remote_code=plan.source.trust_remote_code,
         )
-    if model.encoder.vocab_size < config["inputs"]["vocab_size"]:
+    if model.encoder.vocab_size < plan.inputs.vocab_size:
         raise AblateError(
             f"external checkpoint vocabulary ({model.encoder.vocab_size}) is smaller than its "
-            f"tokenizer's ({config['inputs']['vocab_size']})"
+            f"tokenizer's ({plan.inputs.vocab_size})"
         )
     return model
 
 
-def train_trial(
-    config: dict, data: dict[str, Any] | None = None, weights: dict[str, Any] | None = None
-) -> None:
-    """Ray Tune function trainable; see the module docstring for the config it expects.
+# --- one trial: set-up, epochs, reports ------------------------------------------------------
 
-    ``data`` maps shard-set folders to ``SplitArrays`` (or Ray object refs to them), read once by
-    the driver through Ray Data (``ablate.shards.read_shard_sets``) and shared via the object
-    store. Without it the trial reads its own shard sets through Ray Data.
-    """
-    import logging
 
+@dataclass
+class Progress:
+    """What a trial has done so far; saved in every checkpoint."""
+
+    epoch: int = 0
+    best_dev_mcc: float = -1.0
+    best_epoch: int = 0
+    wall_seconds: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class TrialRun:
+    """A trial set up to train: its model, optimisation, splits on the device and meters."""
+
+    trial: TrialConfig
+    plan: CellPlan
+    hparams: dict[str, Any]
+    device: Any
+    splits: dict[str, SplitTensors]
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    n_params: int
+    hardware: Device
+    energy: EnergyMeter
+    train_flops_per_sample: float
+    eval_flops_per_sample: float
+    setup_seconds: float
+    progress: Progress
+    best_model: dict | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hparams["batch_size"])
+
+    @property
+    def eval_batch_size(self) -> int:
+        return max(self.batch_size, 256)
+
+
+def load_splits(plan: CellPlan, trial: TrialConfig, data: dict[str, Any],
+                device: Any) -> dict[str, SplitTensors]:
+    """The splits a trial uses (train, dev, and test for a replicate), on its device."""
     import ray
+
+    splits = plan.inputs.splits
+    if trial.evaluate_test and "test" not in splits:
+        raise FileNotFoundError(f"task {plan.inputs.task} has no test split to evaluate on")
+    names = ["train", "dev"] + (["test"] if trial.evaluate_test else [])
+    out = {}
+    for name in names:
+        arrays = data[splits[name]]
+        arrays = ray.get(arrays) if isinstance(arrays, ray.ObjectRef) else arrays
+        out[name] = SplitTensors.from_arrays(arrays).resident(device)
+    return out
+
+
+def _flops_per_sample(model: Any, split: SplitTensors, batch_size: int, device: Any, *,
+                      backward: bool) -> float:
+    """FLOPs per sample of a split, counted once on its first batch: every batch of a split
+    has the same padded width."""
+    rows = slice(0, min(batch_size, len(split)))
+    probe = tuple(t[rows].to(device) for t in (split.input_ids, split.attention_mask,
+                                               split.labels))
+    return count_step_flops(model, probe, backward=backward) / len(probe[2])
+
+
+def setup_trial(trial: TrialConfig, plan: CellPlan, data: dict[str, Any],
+                weights: dict[str, Any] | None) -> TrialRun:
+    """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint."""
     import torch
-    from ray import tune
     from transformers import get_linear_schedule_with_warmup
 
     from ablate.models.registry import count_parameters
-    from ablate.tokenization import PAD_ID
 
-    for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
-        logging.getLogger(name).setLevel(logging.WARNING)
-    hp = {**DEFAULT_HPARAMS, **config["hparams"]}
-    seed = int(config["seed"])
-    max_epochs = int(config["max_epochs"])
-    patience = config.get("patience")
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    hparams = {**DEFAULT_HPARAMS, **trial.hparams}
+    torch.manual_seed(trial.seed)
+    np.random.seed(trial.seed % 2**32)
     device = pick_device()
-
     setup_start = time.perf_counter()
-    inputs = config["inputs"]
-    evaluate_test = bool(config.get("evaluate_test"))
-    if evaluate_test and "test" not in inputs["splits"]:
-        raise FileNotFoundError(f"task {inputs['task']} has no test split to evaluate on")
-    names = ["train", "dev"] + (["test"] if evaluate_test else [])
-    folders = [inputs["splits"][name] for name in names]
-    if data is None:
-        from ablate.shards import read_shard_sets
-
-        data = read_shard_sets(folders, PAD_ID)
-    arrays = [data[f] for f in folders]
-    arrays = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in arrays]
-    splits = {name: SplitTensors.from_arrays(a).resident(device)
-              for name, a in zip(names, arrays, strict=True)}
-    train, dev = splits["train"], splits["dev"]
-    resources = config.get("resources") or {}
-    hardware = current_device(float(resources.get("gpu", 0.0)), float(resources.get("cpu", 1.0)))
+    splits = load_splits(plan, trial, data, device)
+    hardware = current_device(plan.resources.gpu, plan.resources.cpu)
     energy = EnergyMeter()
     energy.start()
 
-    model = build_model(config, weights).to(device)
-    n_params = count_parameters(model)
-    batch_size = int(hp["batch_size"])
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp["weight_decay"])
-    )
-    total_steps = steps_per_epoch * max_epochs
+    model = build_model(plan, trial, weights).to(device)
+    batch_size = int(hparams["batch_size"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(hparams["learning_rate"]),
+                                  weight_decay=float(hparams["weight_decay"]))
+    total_steps = math.ceil(len(splits["train"]) / batch_size) * plan.max_epochs
     scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(float(hp["warmup_ratio"]) * total_steps), total_steps
+        optimizer, int(float(hparams["warmup_ratio"]) * total_steps), total_steps
     )
-
-    # Per-sample FLOPs, counted once: every batch of a split has the same padded width.
-    probe = slice(0, min(batch_size, len(train)))
-    probe_batch = tuple(t[probe].to(device) for t in (train.input_ids, train.attention_mask,
-                                                      train.labels))
-    train_flops_per_sample = count_step_flops(model, probe_batch, backward=True) / len(
-        probe_batch[2]
+    run = TrialRun(
+        trial=trial, plan=plan, hparams=hparams, device=device, splits=splits, model=model,
+        optimizer=optimizer, scheduler=scheduler, n_params=count_parameters(model),
+        hardware=hardware, energy=energy,
+        train_flops_per_sample=_flops_per_sample(model, splits["train"], batch_size, device,
+                                                 backward=True),
+        eval_flops_per_sample=_flops_per_sample(model, splits["dev"], batch_size, device,
+                                                backward=False),
+        setup_seconds=0.0, progress=Progress(),
     )
-    dev_probe = tuple(t[: min(batch_size, len(dev))].to(device)
-                      for t in (dev.input_ids, dev.attention_mask, dev.labels))
-    dev_flops_per_sample = count_step_flops(model, dev_probe, backward=False) / len(dev_probe[2])
+    run.setup_seconds = time.perf_counter() - setup_start
+    _restore(run)
+    return run
 
-    state = {"epoch": 0, "best_dev_mcc": -1.0, "best_epoch": 0, "wall_seconds": 0.0,
-             "flops": 0.0}
-    setup_seconds = time.perf_counter() - setup_start
+
+def _restore(run: TrialRun) -> None:
+    """Continue from the trial's last checkpoint, if Tune hands one over (a retry, a resume)."""
+    import torch
+    from ray import tune
+
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / "state.pt", map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        best_model = saved["best_model"]
-    else:
-        best_model = None
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / "state.pt", map_location=run.device, weights_only=False)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.progress = Progress(**saved["state"])
+    run.best_model = saved["best_model"]
 
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(state["epoch"] + 1, max_epochs + 1):
+
+def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
+    """One pass over train in a seeded order: (mean loss, samples seen, seconds)."""
+    import torch
+
+    start = time.perf_counter()
+    train, device, batch_size = run.splits["train"], run.device, run.batch_size
+    run.model.train()
+    generator = torch.Generator().manual_seed(run.trial.seed * 1000 + epoch)
+    order = torch.randperm(len(train), generator=generator).to(train.labels.device)
+    # Summed on the device and read once per epoch: no host sync per step.
+    loss_sum, seen = torch.zeros((), device=device), 0
+    for step in range(math.ceil(len(train) / batch_size)):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        loss = train_step(run.model, run.optimizer, train.batch(idx, device), device)
+        run.scheduler.step()
+        loss_sum += loss * len(idx)
+        seen += len(idx)
+    train_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
+    return train_loss, seen, time.perf_counter() - start
+
+
+def _keep_if_best(run: TrialRun, epoch: int, dev_mcc: float) -> None:
+    """The checkpoint keeps the best model seen on dev next to the latest state."""
+    if run.best_model is None or dev_mcc > run.progress.best_dev_mcc:
+        run.best_model = {k: v.detach().to("cpu", copy=True)
+                          for k, v in run.model.state_dict().items()}
+        run.progress.best_dev_mcc = dev_mcc
+        run.progress.best_epoch = epoch
+
+
+def epoch_metrics(run: TrialRun, epoch: int, dev: dict[str, float], train_loss: float,
+                  seen: int, train_seconds: float, epoch_seconds: float,
+                  finished: bool) -> dict[str, Any]:
+    """What a trial reports after an epoch: dev metrics, progress and cost so far."""
+    import ray
+
+    progress, hardware = run.progress, run.hardware
+    kwh = run.energy.kwh()
+    return {
+        **cost_metrics(
+            hardware, wall_seconds=progress.wall_seconds, flops=progress.flops,
+            prices=run.plan.prices,
+            energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
+        ),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "device_type": hardware.kind,
+        "device_name": hardware.name,
+        "peak_source": hardware.peak_source,
+        "flops_method": FLOPS_METHOD,
+        "epoch": epoch,
+        "dev_mcc": dev["mcc"],
+        "dev_accuracy": dev["accuracy"],
+        "dev_f1": dev["f1"],
+        "dev_loss": dev["loss"],
+        "train_loss": train_loss,
+        "best_dev_mcc": progress.best_dev_mcc,
+        "epoch_seconds": epoch_seconds,
+        "wall_seconds": progress.wall_seconds,
+        "flops": progress.flops,
+        "train_samples_per_second": seen / max(train_seconds, 1e-9),
+        "n_params": run.n_params,
+        "best_epoch": progress.best_epoch,
+        "finished": int(finished),
+    }
+
+
+def _test_metrics(run: TrialRun) -> dict[str, float]:
+    """Test is touched once, by the model chosen on dev."""
+    run.model.load_state_dict(run.best_model)
+    test = evaluate(run.model, run.splits["test"], run.device, batch_size=run.eval_batch_size)
+    return {f"test_{k}": v for k, v in test.items()}
+
+
+def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
+    """``tune.report`` the metrics with a checkpoint of the latest state and the best model."""
+    import torch
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(
+            {
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "state": asdict(run.progress),
+                "best_model": run.best_model,
+            },
+            Path(folder) / "state.pt",
+        )
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def train_trial(config: dict, plans: dict[str, CellPlan], data: dict[str, Any],
+                weights: dict[str, Any] | None = None) -> None:
+    """Ray Tune function trainable; see the module docstring for its arguments."""
+    import logging
+
+    for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trial = TrialConfig.from_tune(config)
+    plan = plans[trial.cell]
+    run = setup_trial(trial, plan, data, weights)
+    setup_seconds = run.setup_seconds
+    for epoch in range(run.progress.epoch + 1, plan.max_epochs + 1):
         start = time.perf_counter()
-        model.train()
-        generator.manual_seed(seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=generator).to(train.labels.device)
-        # Summed on the device and read once per epoch: no host sync per step.
-        loss_sum, seen = torch.zeros((), device=device), 0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            loss = train_step(model, optimizer, train.batch(idx, device), device)
-            scheduler.step()
-            loss_sum += loss * len(idx)
-            seen += len(idx)
-        train_loss = float(loss_sum) / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
-        train_seconds = time.perf_counter() - start
-        dev_metrics = evaluate(model, dev, device, batch_size=max(batch_size, 256))
+        train_loss, seen, train_seconds = train_epoch(run, epoch)
+        dev = evaluate(run.model, run.splits["dev"], run.device, batch_size=run.eval_batch_size)
         epoch_seconds = time.perf_counter() - start
 
-        state["epoch"] = epoch
+        progress = run.progress
+        progress.epoch = epoch
         # Wall time charged to the trial: its set-up (once per start or restart) and epochs.
-        state["wall_seconds"] += epoch_seconds + setup_seconds
+        progress.wall_seconds += epoch_seconds + setup_seconds
         setup_seconds = 0.0
-        state["flops"] += train_flops_per_sample * seen + dev_flops_per_sample * len(dev)
-        if best_model is None or dev_metrics["mcc"] > state["best_dev_mcc"]:
-            # The checkpoint keeps the best model seen on dev next to the latest state.
-            best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            state["best_dev_mcc"] = dev_metrics["mcc"]
-            state["best_epoch"] = epoch
+        progress.flops += (run.train_flops_per_sample * seen
+                           + run.eval_flops_per_sample * len(run.splits["dev"]))
+        _keep_if_best(run, epoch, dev["mcc"])
         # Early stopping on dev: the same patience rule in every cell.
-        out_of_patience = patience is not None and epoch - state["best_epoch"] >= int(patience)
-        finished = epoch >= max_epochs or out_of_patience
-        kwh = energy.kwh()
-        metrics = {
-            **cost_metrics(
-                hardware,
-                wall_seconds=state["wall_seconds"],
-                flops=state["flops"],
-                prices=config.get("prices"),
-                energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
-            ),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "device_type": hardware.kind,
-            "device_name": hardware.name,
-            "peak_source": hardware.peak_source,
-            "flops_method": FLOPS_METHOD,
-            "epoch": epoch,
-            "dev_mcc": dev_metrics["mcc"],
-            "dev_accuracy": dev_metrics["accuracy"],
-            "dev_f1": dev_metrics["f1"],
-            "dev_loss": dev_metrics["loss"],
-            "train_loss": train_loss,
-            "best_dev_mcc": state["best_dev_mcc"],
-            "epoch_seconds": epoch_seconds,
-            "wall_seconds": state["wall_seconds"],
-            "flops": state["flops"],
-            "train_samples_per_second": seen / max(train_seconds, 1e-9),
-            "n_params": n_params,
-            "best_epoch": state["best_epoch"],
-            "finished": int(finished),
-        }
-        if finished and evaluate_test:
-            # Test is touched once, by the model chosen on dev.
-            model.load_state_dict(best_model)
-            test = evaluate(model, splits["test"], device, batch_size=max(batch_size, 256))
-            metrics.update({f"test_{k}": v for k, v in test.items()})
-            metrics["flops"] += dev_flops_per_sample * len(splits["test"])
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                    "best_model": best_model,
-                },
-                Path(folder) / "state.pt",
-            )
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        out_of_patience = (plan.patience is not None
+                           and epoch - progress.best_epoch >= int(plan.patience))
+        finished = epoch >= plan.max_epochs or out_of_patience
+        metrics = epoch_metrics(run, epoch, dev, train_loss, seen, train_seconds,
+                                epoch_seconds, finished)
+        if finished and trial.evaluate_test:
+            metrics.update(_test_metrics(run))
+            metrics["flops"] += run.eval_flops_per_sample * len(run.splits["test"])
+        report_epoch(run, metrics)
         if finished:
             break

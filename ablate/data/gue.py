@@ -189,6 +189,20 @@ def _decode(path: Path, data: bytes) -> str:
         ) from None
 
 
+def require_splits(root: str | Path, key: str, splits: tuple[str, ...]) -> None:
+    """Raise AblateError naming the first of ``splits`` that task ``key`` lacks under ``root``.
+
+    A study needs train and dev for every task, and test when it has replicates.
+    """
+    for split in splits:
+        path = split_path(root, key, split)
+        if not path.is_file():
+            raise AblateError(
+                f"{path}: task {key} has no {split} split; a study needs train and dev, and "
+                "test when it has replicates (see `ablate data check DIR`)"
+            )
+
+
 def read_split(root: str | Path, key: str, split: str) -> GUESplit:
     """Read and validate one split of a GUE dataset.
 

@@ -75,8 +75,17 @@ class MaskedLanguageModel(nn.Module):
         self.encoder = encoder
         self.head = MaskedLMHead(encoder.hidden_size, encoder.config.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, attention_mask (B x L) -> logits (B x L x vocab_size)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, attention_mask (B x L) -> logits (B x L x vocab_size); with ``labels``,
+        the masked-LM loss instead (`loss`), so a wrapper such as DistributedDataParallel that
+        only sees ``forward`` runs the same loss."""
+        if labels is not None:
+            return self.loss(input_ids, attention_mask, labels)
         return self.head(self.encoder(input_ids, attention_mask))
 
     def loss(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ablate.errors import AblateError
@@ -18,15 +19,29 @@ if TYPE_CHECKING:
 
     from ablate.models.heads import MaskedLanguageModel, SequenceClassifier
 
-ARCHITECTURES: tuple[str, ...] = ("convnova", "transformer", "unet", "cnn")
 
-# architecture -> (module, config class, encoder class), imported on first use
-_CLASSES: dict[str, tuple[str, str, str]] = {
-    "convnova": ("ablate.models.convnova", "ConvNovaConfig", "ConvNova"),
-    "transformer": ("ablate.models.transformer", "TransformerConfig", "TransformerEncoder"),
-    "unet": ("ablate.models.unet", "UNetConfig", "UNet"),
-    "cnn": ("ablate.models.cnn", "CNNConfig", "CNN"),
+
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture on the study's axis: where its code lives and what kind it is."""
+
+    module: str
+    config_class: str
+    encoder_class: str
+    convolutional: bool  # the convolutional side of question 1 (transformer vs convolution)
+
+
+# The one list of architectures (the study spec and the analysis read it from here); the
+# module is imported on first use.
+_ARCHITECTURES: dict[str, Architecture] = {
+    "convnova": Architecture("ablate.models.convnova", "ConvNovaConfig", "ConvNova", True),
+    "transformer": Architecture("ablate.models.transformer", "TransformerConfig",
+                                "TransformerEncoder", False),
+    "unet": Architecture("ablate.models.unet", "UNetConfig", "UNet", True),
+    "cnn": Architecture("ablate.models.cnn", "CNNConfig", "CNN", True),
 }
+ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
+CONVOLUTIONAL: tuple[str, ...] = tuple(n for n, a in _ARCHITECTURES.items() if a.convolutional)
 
 # Config values of each preset; build arguments and overrides are applied on top.
 _PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
@@ -71,9 +86,9 @@ _FROM_ARGUMENTS = ("vocab_size", "max_len", "pad_id", "complement_ids")
 
 
 def _classes(architecture: str) -> tuple[type, type]:
-    module_name, config_name, encoder_name = _CLASSES[architecture]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, encoder_name)
+    info = _ARCHITECTURES[architecture]
+    module = importlib.import_module(info.module)
+    return getattr(module, info.config_class), getattr(module, info.encoder_class)
 
 
 def _check_names(architecture: str, preset: str) -> None:
@@ -141,9 +156,9 @@ def encoder_from_config(architecture: str, values: dict[str, Any]) -> nn.Module:
 
 def architecture_of(encoder: nn.Module) -> str:
     """The architecture name of an encoder built by `build_encoder`."""
-    for architecture, (module_name, _, encoder_name) in _CLASSES.items():
-        module = sys.modules.get(module_name)  # an instance implies its module is imported
-        if module is not None and isinstance(encoder, getattr(module, encoder_name)):
+    for architecture, info in _ARCHITECTURES.items():
+        module = sys.modules.get(info.module)  # an instance implies its module is imported
+        if module is not None and isinstance(encoder, getattr(module, info.encoder_class)):
             return architecture
     raise AblateError(f"{type(encoder).__name__} is not an encoder of: {', '.join(ARCHITECTURES)}")
 
@@ -182,16 +197,9 @@ def build_classifier(
     """
     from ablate.models.heads import SequenceClassifier
 
-    encoder = build_encoder(
-        architecture,
-        preset=preset,
-        vocab_size=vocab_size,
-        max_len=max_len,
-        pad_id=pad_id,
-        dropout=dropout,
-        complement_ids=complement_ids,
-        overrides=overrides,
-    )
+    encoder = build_encoder(architecture, preset=preset, vocab_size=vocab_size, max_len=max_len,
+                            pad_id=pad_id, dropout=dropout, complement_ids=complement_ids,
+                            overrides=overrides)
     return SequenceClassifier(encoder, num_classes, dropout)
 
 
@@ -200,31 +208,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_mlm(
-    architecture: str,
-    *,
-    preset: str,
-    vocab_size: int,
-    max_len: int,
-    pad_id: int = 3,
-    dropout: float = 0.1,
-    complement_ids: list[int] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> MaskedLanguageModel:
+def build_mlm(architecture: str, **encoder_args: Any) -> MaskedLanguageModel:
     """Build an encoder with a masked-LM head (logits over the vocabulary at every position).
 
-    Arguments as for `build_classifier`. Pair it with `ablate.models.mlm.mask_tokens`.
+    Arguments as for `build_encoder`. Pair it with `ablate.models.mlm.mask_tokens`.
     """
     from ablate.models.heads import MaskedLanguageModel
 
-    encoder = build_encoder(
-        architecture,
-        preset=preset,
-        vocab_size=vocab_size,
-        max_len=max_len,
-        pad_id=pad_id,
-        dropout=dropout,
-        complement_ids=complement_ids,
-        overrides=overrides,
-    )
-    return MaskedLanguageModel(encoder)
+    return MaskedLanguageModel(build_encoder(architecture, **encoder_args))

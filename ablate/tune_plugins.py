@@ -1,4 +1,4 @@
-"""Searching every cell alike: one Optuna study per cell, ASHA per cell, level budgets.
+"""Ray Tune plug-ins that search every cell alike: one Optuna study per cell, ASHA per cell.
 
 ``CellSearcher`` (a Ray Tune ``Searcher``) keeps one seeded Optuna study per cell and hands out
 trials so that cells stay level; ``CellScheduler`` runs one ASHA instance per cell, so early
@@ -21,9 +21,10 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 
 from ablate.spec import Cell, ParamSpec, SearchSpace
-from ablate.training import ran_to_end
+from ablate.tracking.schema import MetricName
+from ablate.trial import TrialConfig, cell_of, epochs_done, ran_to_end
 
-METRIC = "best_dev_mcc"
+METRIC = MetricName.BEST_DEV_MCC
 MODE = "max"
 # Trial id -> Tune trial, for every trial Tune added in this driver process (restored ones
 # included). Written by CellScheduler, read by CellSearcher. A module-level table rather than a
@@ -93,23 +94,19 @@ class CellSearcher(_PickledState):
         self,
         cells: list[Cell],
         spaces: dict[str, SearchSpace],
-        trial_templates: dict[str, dict[str, Any]],
         *,
         trials_per_cell: int,
         max_epochs: int,
         max_concurrent: int,
         seed: int,
         startup_trials: int | None = None,
-        patience: int | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode=MODE)
         self.cell_names = [c.name for c in cells]
         self.cell_arch = {c.name: c.architecture for c in cells}
         self.spaces = spaces
-        self.templates = trial_templates
         self.trials_per_cell = trials_per_cell
         self.max_epochs = max_epochs
-        self.patience = patience
         self.max_concurrent = max_concurrent
         self.seed = seed
         n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
@@ -146,16 +143,9 @@ class CellSearcher(_PickledState):
         self.issued[cell] += 1
         self.live[trial_id] = _Issued(cell, trial)
         self.known.add(trial_id)
-        return {
-            **self.templates[cell],
-            "cell": cell,
-            "hparams": hparams,
-            "optuna_trial": trial.number,
-            # Replicate pairing: the n-th trial of every cell trains with the same seed.
-            "seed": self.seed * 100_003 + trial.number,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-        }
+        # Replicate pairing: the n-th trial of every cell trains with the same seed.
+        return TrialConfig(cell=cell, hparams=hparams, seed=self.seed * 100_003 + trial.number,
+                           optuna_trial=trial.number).to_tune()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         issued = self.live.get(trial_id)
@@ -181,7 +171,7 @@ class CellSearcher(_PickledState):
 
     @staticmethod
     def _report(issued: _Issued, result: dict) -> None:
-        step = int(result.get("training_iteration", 0))
+        step = epochs_done(result)
         if step > issued.last_step:
             issued.trial.report(float(result[METRIC]), step=step)
             issued.last_step = step
@@ -213,10 +203,10 @@ class CellSearcher(_PickledState):
             if trial_id in self.live and done:
                 self.on_trial_complete(trial_id, trial.last_result,
                                        error=trial.status == "ERROR")
-            elif trial_id not in self.known and trial.config.get("cell") in self.studies:
-                cell = trial.config["cell"]
+            elif trial_id not in self.known and cell_of(trial.config) in self.studies:
+                cell = cell_of(trial.config)
                 study = self.studies[cell]
-                study.enqueue_trial(trial.config["hparams"])
+                study.enqueue_trial(TrialConfig.from_tune(trial.config).hparams)
                 adopted = study.ask()
                 sample_params(adopted, self.spaces[self.cell_arch[cell]].params)  # fixes them
                 self.live[trial_id] = _Issued(cell, adopted)
@@ -252,23 +242,24 @@ class CellScheduler(FIFOScheduler):
             for name in cell_names
         }
 
-    def _for(self, trial: Any) -> AsyncHyperBandScheduler:
-        return self.per_cell[trial.config["cell"]]
+    def _asha_of(self, trial: Any) -> AsyncHyperBandScheduler:
+        """The ASHA instance of the trial's cell."""
+        return self.per_cell[cell_of(trial.config)]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         TRIALS_SEEN[trial.trial_id] = trial
         if trial.status in ("TERMINATED", "ERROR"):  # restored, already finished
             return
-        self._for(trial).on_trial_add(tune_controller, trial)
+        self._asha_of(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        scheduler = self._for(trial)
+        scheduler = self._asha_of(trial)
         if trial.trial_id not in scheduler._trial_info:
             return TrialScheduler.CONTINUE
         return scheduler.on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        scheduler = self._for(trial)
+        scheduler = self._asha_of(trial)
         if trial.trial_id in scheduler._trial_info:
             scheduler.on_trial_complete(tune_controller, trial, result)
 
@@ -276,7 +267,7 @@ class CellScheduler(FIFOScheduler):
         self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        scheduler = self._for(trial)
+        scheduler = self._asha_of(trial)
         if trial.trial_id in scheduler._trial_info:
             scheduler.on_trial_remove(tune_controller, trial)
 
@@ -300,8 +291,8 @@ class TrialProgress(Callback):
         score = result.get(METRIC)
         score_text = f"{score:.4f}" if isinstance(score, float) else "-"
         self.print_fn(
-            f"[{self.done}/{self.total}] {trial.config.get('cell', '?')} "
-            f"trial {trial.trial_id}: {outcome} after {result.get('training_iteration', 0)}/"
+            f"[{self.done}/{self.total}] {cell_of(trial.config) or '?'} "
+            f"trial {trial.trial_id}: {outcome} after {epochs_done(result)}/"
             f"{self.max_epochs} epochs, {METRIC} {score_text}"
         )
 

@@ -1,12 +1,5 @@
-"""The MLflow schema of a study, and the one place that writes it.
-
-Layout: one MLflow experiment per study; in it, one parent run per cell
-(``ablate.stage=cell``) and, under each, one child run per Ray Tune trial
-(``ablate.stage=trial``) holding the trial's hyperparameters (params), its per-epoch dev metrics
-and cost (metrics, step = epoch). Every run carries the tags ``ablate.study``, ``ablate.cell``,
-``ablate.stage``, ``ablate.architecture``, ``ablate.pretraining``, ``ablate.tokenizer``,
-``ablate.task``, ``ablate.sweep`` (one id per launch of a study) and ``ablate.data`` (which data
-the study read: ``gue:<folder>`` or ``synthetic:scale=<f>,seed=<n>``).
+"""The one writer of the MLflow schema (``ablate.tracking``): cell runs, the trial logger,
+pretraining runs and external checkpoints.
 
 Trials never talk to MLflow: they report to Ray Tune, and ``MLflowTrialLogger`` (a Tune callback
 running in the driver) writes everything. Concurrent trials therefore never contend for the
@@ -23,53 +16,48 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
+from ray.tune.result import (
+    AUTO_RESULT_KEYS,
+    DONE,
+    EXPERIMENT_TAG,
+    SHOULD_CHECKPOINT,
+    TRIAL_ID,
+)
 
 from ablate.errors import AblateError
+from ablate.tracking.reader import find_runs
+from ablate.tracking.schema import (
+    MODEL_ARTIFACT,
+    PRETRAIN_EXPERIMENT,
+    RESULT_TAGS,
+    SCHEMA_VERSION,
+    MetricName,
+    Outcome,
+    Stage,
+    Tag,
+    cell_tags,
+    tag_filter,
+)
+from ablate.trial import CellPlan, TrialConfig, epochs_done, ran_to_end
 
 if TYPE_CHECKING:
     from ablate.spec import Cell
 
-TAG_STUDY = "ablate.study"
-TAG_CELL = "ablate.cell"
-TAG_STAGE = "ablate.stage"
-TAG_SWEEP = "ablate.sweep"
-TAG_TRIAL_ID = "ablate.trial_id"
-TAG_OUTCOME = "ablate.outcome"
-PARENT_TAG = "mlflow.parentRunId"
+# Ray Tune's own result fields: its clock, counters, host and config. Every other numeric field
+# a trial reports is logged as a metric, so a new one never silently stays out of MLflow.
+TUNE_FIELDS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT,
+                                             "warmup_time"}
 
-# Metrics a trial reports that are logged to MLflow every epoch.
-LOGGED_METRICS = (
-    "dev_mcc",
-    "dev_accuracy",
-    "dev_f1",
-    "dev_loss",
-    "train_loss",
-    "best_dev_mcc",
-    "epoch_seconds",
-    "wall_seconds",
-    "flops",
-    "train_samples_per_second",
-    "n_params",
-    "best_epoch",
-    "device_count",
-    "device_hours",
-    "achieved_flops_per_s",
-    "mfu",
-    "price",
-    "energy_kwh",
-    "test_mcc",
-    "test_accuracy",
-    "test_f1",
-    "test_loss",
-)
-# String fields of a trial's results recorded once, as tags.
-RESULT_TAGS = {
-    "node_id": "ablate.node_id",
-    "device_type": "ablate.device_type",
-    "device_name": "ablate.device_name",
-    "peak_source": "ablate.peak_source",
-    "flops_method": "ablate.flops_method",
-}
+
+def logged_metrics(result: dict) -> dict[str, float]:
+    """The numeric fields of a trial's result that are logged to MLflow."""
+    return {key: float(value) for key, value in result.items()
+            if key not in TUNE_FIELDS and isinstance(value, int | float)
+            and not isinstance(value, bool)}
+
+
+def version_tag() -> dict[str, str]:
+    return {Tag.SCHEMA_VERSION: str(SCHEMA_VERSION)}
 
 
 def get_or_create_experiment(client: Any, name: str) -> str:
@@ -79,19 +67,6 @@ def get_or_create_experiment(client: Any, name: str) -> str:
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     return client.create_experiment(name)
-
-
-def find_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
-    """All runs of an experiment matching a filter, following pagination."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def open_cell_runs(
@@ -104,11 +79,10 @@ def open_cell_runs(
 ) -> dict[str, str]:
     """The parent run of every cell in this sweep (created when missing); cell name -> run id."""
     existing = {
-        run.data.tags[TAG_CELL]: run.info.run_id
+        run.data.tags[Tag.CELL]: run.info.run_id
         for run in find_runs(
-            client,
-            experiment_id,
-            f"tags.`{TAG_STAGE}` = 'cell' and tags.`{TAG_SWEEP}` = '{sweep}'",
+            client, experiment_id,
+            f"{tag_filter(Tag.STAGE, Stage.CELL)} and {tag_filter(Tag.SWEEP, sweep)}",
         )
     }
     run_ids = {}
@@ -118,15 +92,23 @@ def open_cell_runs(
             client.update_run(existing[cell.name], status="RUNNING")
             continue
         tags = {
-            TAG_STUDY: study,
-            TAG_STAGE: "cell",
-            TAG_SWEEP: sweep,
-            **cell.tags(),
+            Tag.STUDY: study,
+            Tag.STAGE: Stage.CELL,
+            Tag.SWEEP: sweep,
+            **version_tag(),
+            **cell_tags(cell),
             **(extra_tags or {}),
         }
         run = client.create_run(experiment_id, tags=tags, run_name=cell.name)
         run_ids[cell.name] = run.info.run_id
     return run_ids
+
+
+def link_pretraining(client: Any, cell_runs: dict[str, str], plans: dict[str, CellPlan]) -> None:
+    """Tag every pretrained cell's run with the pretraining run its trials start from."""
+    for name, plan in plans.items():
+        if plan.source.pretrained:
+            client.set_tag(cell_runs[name], Tag.PRETRAIN_RUN_ID, plan.source.run_id)
 
 
 class TrackingUnavailable(AblateError):
@@ -167,9 +149,8 @@ class MLflowTrialLogger(Callback):
         experiment_id: str,
         study: str,
         sweep: str,
-        cells: dict[str, Cell],
+        plans: dict[str, CellPlan],
         cell_runs: dict[str, str],
-        max_epochs: int,
         extra_tags: dict[str, str] | None = None,
         spool_path: str | None = None,
         retry_seconds: float = 300.0,
@@ -178,9 +159,8 @@ class MLflowTrialLogger(Callback):
         self.experiment_id = experiment_id
         self.study = study
         self.sweep = sweep
-        self.cells = cells
+        self.plans = plans
         self.cell_runs = cell_runs
-        self.max_epochs = max_epochs
         self.extra_tags = dict(extra_tags or {})
         self.spool_path = spool_path
         self.retry_seconds = retry_seconds
@@ -250,9 +230,9 @@ class MLflowTrialLogger(Callback):
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self._logged_step[op["trial_id"]] = step
         elif op["op"] == "retry":
-            self.client.set_tag(run_id, "ablate.retries", str(op["retries"]))
+            self.client.set_tag(run_id, Tag.RETRIES, str(op["retries"]))
         elif op["op"] == "end":
-            self.client.set_tag(run_id, TAG_OUTCOME, op["outcome"])
+            self.client.set_tag(run_id, Tag.OUTCOME, op["outcome"])
             self.client.set_terminated(run_id, status=op["status"])
 
     def _run_for(self, op: dict) -> str:
@@ -264,25 +244,26 @@ class MLflowTrialLogger(Callback):
         found = find_runs(
             self.client,
             self.experiment_id,
-            f"tags.`{TAG_TRIAL_ID}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{self.sweep}'",
+            f"{tag_filter(Tag.TRIAL_ID, trial_id)} and {tag_filter(Tag.SWEEP, self.sweep)}",
         )
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             # Resumed: epochs already logged are not logged again when the trial repeats them.
-            history = self.client.get_metric_history(run_id, "dev_mcc")
+            history = self.client.get_metric_history(run_id, MetricName.DEV_MCC)
             self._logged_step[trial_id] = max((m.step for m in history), default=0)
         else:
             from mlflow.entities import Param, RunTag
 
-            cell = self.cells[op["cell"]]
+            cell = self.plans[op["cell"]].cell
             tags = {
-                TAG_STUDY: self.study,
-                TAG_STAGE: op["stage"],
-                TAG_SWEEP: self.sweep,
-                TAG_TRIAL_ID: trial_id,
-                PARENT_TAG: self.cell_runs[cell.name],
-                **cell.tags(),
+                Tag.STUDY: self.study,
+                Tag.STAGE: op["stage"],
+                Tag.SWEEP: self.sweep,
+                Tag.TRIAL_ID: trial_id,
+                Tag.PARENT_RUN: self.cell_runs[cell.name],
+                **version_tag(),
+                **cell_tags(cell),
                 **self.extra_tags,
                 **op["tags"],
             }
@@ -298,23 +279,16 @@ class MLflowTrialLogger(Callback):
         self._trial_runs[trial_id] = run_id
         return run_id
 
-    @staticmethod
-    def _describe(trial: Any) -> dict:
+    def _describe(self, trial: Any) -> dict:
         """What creating a trial's run needs, as plain data (so it can be spooled)."""
-        config = trial.config
-        tags = {}
-        if config.get("pretrained"):
-            tags["ablate.pretrain_run_id"] = config["pretrained"]["run_id"]
-        if config.get("stage") == "replicate":
-            tags["ablate.replicate_seed"] = str(config["seed"])
-            tags["ablate.source_trial"] = str(config["source_trial"])
+        config = TrialConfig.from_tune(trial.config)
+        plan = self.plans[config.cell]
         return {
             "trial_id": trial.trial_id,
-            "cell": config["cell"],
-            "stage": config.get("stage", "trial"),
-            "params": {k: str(v) for k, v in {**config["hparams"],
-                                             **_model_params(config)}.items()},
-            "tags": tags,
+            "cell": config.cell,
+            "stage": config.stage,
+            "params": {k: str(v) for k, v in trial_params(plan, config).items()},
+            "tags": trial_tags(plan, config),
         }
 
     # --- Tune's callback interface ------------------------------------------------------------
@@ -325,27 +299,22 @@ class MLflowTrialLogger(Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        metrics = {
-            key: float(result[key])
-            for key in LOGGED_METRICS
-            if isinstance(result.get(key), int | float)
-        }
+        metrics = logged_metrics(result)
         tags = {tag: str(result[key]) for key, tag in RESULT_TAGS.items() if key in result}
         self._enqueue({
             "op": "metrics",
             **self._describe(trial),
-            "step": int(result.get("training_iteration", 0)),
+            "step": epochs_done(result),
             "time": int(time.time() * 1000),
             "metrics": metrics,
             "tags": tags,
         })
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from ablate.training import ran_to_end
-
-        done = ran_to_end(trial.last_result or {}, self.max_epochs)
+        plan = self.plans[TrialConfig.from_tune(trial.config).cell]
+        done = ran_to_end(trial.last_result or {}, plan.max_epochs)
         self._enqueue({"op": "end", **self._describe(trial), "status": "FINISHED",
-                       "outcome": "completed" if done else "pruned"})
+                       "outcome": Outcome.COMPLETED if done else Outcome.PRUNED})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A crashed trial (e.g. its node was lost) restarts from its checkpoint: count it.
@@ -354,7 +323,7 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
-                       "outcome": "failed"})
+                       "outcome": Outcome.FAILED})
 
     def close_lost_runs(self) -> int:
         """Close the runs of trials a killed driver started but Tune never saved; how many.
@@ -367,11 +336,11 @@ class MLflowTrialLogger(Callback):
         """
         self.flush()
         lost = find_runs(self.client, self.experiment_id,
-                         f"tags.`{TAG_SWEEP}` = '{self.sweep}' and attributes.status = 'RUNNING'"
-                         f" and tags.`{TAG_STAGE}` != 'cell'")
+                         f"{tag_filter(Tag.SWEEP, self.sweep)} and attributes.status = 'RUNNING'"
+                         f" and {tag_filter(Tag.STAGE, Stage.CELL, '!=')}")
 
         def close(run_id: str) -> None:
-            self.client.set_tag(run_id, TAG_OUTCOME, "lost")
+            self.client.set_tag(run_id, Tag.OUTCOME, Outcome.LOST)
             self.client.set_terminated(run_id, status="KILLED")
 
         for run in lost:
@@ -389,10 +358,99 @@ class MLflowTrialLogger(Callback):
         return {**self.__dict__, "_client": None}
 
 
-def _model_params(config: dict) -> dict[str, Any]:
-    model = config.get("model", {})
-    params = {"architecture": model.get("architecture"), "preset": model.get("preset")}
-    params.update({f"model.{k}": v for k, v in (model.get("overrides") or {}).items()})
-    params["seed"] = config.get("seed")
-    params["max_epochs"] = config.get("max_epochs")
+def trial_params(plan: CellPlan, config: TrialConfig) -> dict[str, Any]:
+    """A trial run's params: its searched values, its model and its seed and epoch budget."""
+    model = plan.model
+    params: dict[str, Any] = {**config.hparams, **config.model_params,
+                              "architecture": model.architecture, "preset": model.preset}
+    params.update({f"model.{k}": v for k, v in model.overrides.items()})
+    params["seed"] = config.seed
+    params["max_epochs"] = plan.max_epochs
     return params
+
+
+def trial_tags(plan: CellPlan, config: TrialConfig) -> dict[str, str]:
+    """Tags of a trial run beyond its cell's: its pretraining link, replicate seed and source."""
+    tags = {}
+    if plan.source.pretrained:
+        tags[Tag.PRETRAIN_RUN_ID] = str(plan.source.run_id)
+    if config.stage == Stage.REPLICATE:
+        tags[Tag.REPLICATE_SEED] = str(config.seed)
+        tags[Tag.SOURCE_TRIAL] = str(config.source_trial)
+    return tags
+
+
+# --- pretraining runs ------------------------------------------------------------------------
+
+
+def register_pretraining(
+    client: Any,
+    *,
+    key: str,
+    name: str,
+    architecture: str,
+    tokenizer: str,
+    device_type: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    model_folder: Path,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
+    """Record a finished pretraining: its key, cost metrics and model folder; its run id."""
+    from mlflow.entities import Metric, Param
+
+    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
+    tags = {
+        Tag.STAGE: Stage.PRETRAIN,
+        Tag.PRETRAIN_KEY: key,
+        Tag.PRETRAIN_NAME: name,
+        Tag.ARCHITECTURE: architecture,
+        Tag.TOKENIZER: tokenizer,
+        Tag.DEVICE_TYPE: device_type,
+        **version_tag(),
+        **(extra_tags or {}),
+    }
+    run_id = client.create_run(experiment_id, tags=tags,
+                               run_name=f"{name}-{architecture}").info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+    )
+    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def register_external(
+    client: Any,
+    *,
+    key: str,
+    name: str,
+    folder: Path,
+    device_hours: float,
+    extra_tags: dict[str, str] | None = None,
+) -> str:
+    """Record an external checkpoint as a pretraining run with its declared cost; its run id."""
+    from mlflow.entities import Metric, Param
+
+    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
+    tags = {
+        Tag.STAGE: Stage.PRETRAIN,
+        Tag.PRETRAIN_KEY: key,
+        Tag.PRETRAIN_NAME: name,
+        Tag.PRETRAIN_KIND: "external",
+        Tag.ARCHITECTURE: "transformer",
+        **version_tag(),
+        **(extra_tags or {}),
+    }
+    run_id = client.create_run(experiment_id, tags=tags, run_name=f"external-{name}").info.run_id
+    client.log_batch(
+        run_id,
+        params=[Param("path", str(folder)), Param("cost_source", "declared")],
+        metrics=[Metric(MetricName.DEVICE_HOURS, float(device_hours),
+                        int(time.time() * 1000), 0)],
+    )
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id

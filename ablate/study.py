@@ -1,0 +1,574 @@
+"""Run a study: prepare its data, pretrain what it needs, search every cell, replicate the best.
+
+The whole search is one Ray Tune experiment: Ray Tune's ``OptunaSearch`` cannot take grid axes
+and nested Tune runs are unsupported, so one Tuner's searcher (``CellSearcher``) keeps one
+seeded Optuna study per cell and hands out trials so that cells stay level, and its scheduler
+(``CellScheduler``) runs one ASHA instance per cell, so early stopping only ever compares trials
+of the same cell (``ablate.tune_plugins``). One experiment then fills the cluster and keeps every
+cell's budget exactly equal. The replicates are a second, small experiment of fixed configs.
+
+``run_study`` is four steps: ``prepare_study`` (tokenize and shard, before Ray starts),
+``pretrain_for_study`` (once per pretraining the cells need), the search, and the replicates.
+What every trial of a cell shares is a ``CellPlan`` (``ablate.trial``), built once by
+``cell_plans`` and handed to the trainable through ``tune.with_parameters``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import AblateError
+from ablate.shards import TaskInputs
+from ablate.spec import Cell, SearchSpace, StudySpec, expand_cells
+from ablate.trial import (
+    CellPlan,
+    ModelPlan,
+    ModelSource,
+    Resources,
+    TrialConfig,
+    cell_of,
+    ran_to_end,
+)
+from ablate.tune_plugins import (
+    METRIC,
+    TRIALS_SEEN,
+    CellScheduler,
+    CellSearcher,
+    FixedConfigs,
+    TrialProgress,
+)
+
+
+@dataclass
+class StudyRun:
+    """What ``run_study`` returns: where things landed."""
+
+    experiment_id: str
+    sweep: str
+    tracking_uri: str
+    storage_path: str
+    num_trials: int
+    num_errors: int
+    num_replicates: int = 0
+
+
+@dataclass
+class PreparedStudy:
+    """A study's cells with their search spaces, tokenized inputs and models, before Ray."""
+
+    cells: list[Cell]
+    spaces: dict[str, SearchSpace]  # architecture -> its search space
+    gue_root: Path
+    inputs: dict[tuple[str, str], TaskInputs]  # (task, tokenizer value) -> shard sets
+    models: dict[str, ModelPlan]  # cell name -> its model
+    data_tag: str  # which data the study read, as the data tag records it
+
+
+def resolve_gue_dir(spec: StudySpec, gue_dir: str | None = None) -> Path:
+    """The GUE root a study reads: the given one, the spec's, or synthetic data it generates."""
+    from ablate.data.synthetic import write_synthetic_gue
+
+    if gue_dir is not None:
+        return Path(gue_dir).expanduser().resolve()
+    if spec.data.gue_dir is not None:
+        return spec.path(spec.data.gue_dir)
+    syn = spec.data.synthetic
+    out = spec.work_path / "synthetic" / f"scale{syn.scale:g}-seed{syn.seed}"
+    return write_synthetic_gue(out, scale=syn.scale, seed=syn.seed, tasks=spec.data.tasks)
+
+
+def prepare_inputs(
+    spec: StudySpec, gue_root: Path, progress: Callable[[str], None] = print
+) -> dict[tuple[str, str], TaskInputs]:
+    """Tokenize and shard every (task, tokenizer) pair of the study, before Ray starts."""
+    from ablate.data.gue import require_splits
+    from ablate.shards import prepare_task_inputs, resolve_tokenizer
+
+    if not gue_root.is_dir():
+        raise AblateError(f"{gue_root}: GUE folder not found (data.gue_dir or --gue-dir)")
+    required_splits = ("train", "dev", "test") if spec.replicates else ("train", "dev")
+    for task in spec.data.tasks:  # fail on a missing split before any tokenizer is trained
+        require_splits(gue_root, task, required_splits)
+    inputs = {}
+    for value, choice in spec.tokenizer_choices().items():
+        progress(f"building tokenizer {value}")
+        tokenizer, tok_file = resolve_tokenizer(
+            choice, gue_root=gue_root, tasks=spec.data.tasks, work_dir=spec.work_path,
+            bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+        )
+        for task in spec.data.tasks:
+            progress(f"tokenizing {task} with {value}")
+            inputs[(task, value)] = prepare_task_inputs(
+                gue_root, task, choice, tokenizer, tok_file, work_dir=spec.work_path,
+                drop_train_duplicates=spec.data.drop_train_duplicates,
+            )
+    return inputs
+
+
+def token_limits(spec: StudySpec, inputs: dict[tuple[str, str], TaskInputs]) -> dict[str, int]:
+    """Token limit per tokenizer value, shared by every cell (and pretraining) that uses it.
+
+    A model built for one tokenizer has the same positions table in every task and in its
+    pretraining, so a pretrained encoder always fits the fine-tuning model.
+    """
+    from ablate.data.gue import get_dataset
+    from ablate.tokenization import token_limit
+
+    limits: dict[str, int] = {}
+    for (_, tokenizer), item in inputs.items():
+        limits[tokenizer] = max(limits.get(tokenizer, 0), item.token_limit)
+    choices = spec.tokenizer_choices()
+    for recipe in spec.pretrain_specs.values():
+        if recipe.corpus.fasta:
+            bp = recipe.corpus.window_bp
+        elif recipe.corpus.gue_tasks:
+            bp = max(get_dataset(t).length_bp for t in recipe.corpus.gue_tasks)
+        else:
+            continue
+        for tokenizer in limits:
+            limits[tokenizer] = max(limits[tokenizer], token_limit(choices[tokenizer], bp))
+    return limits
+
+
+def model_plans(spec: StudySpec, cells: list[Cell], spaces: dict[str, SearchSpace],
+                inputs: dict[tuple[str, str], TaskInputs]) -> dict[str, ModelPlan]:
+    """Each cell's model: the spec's preset (else its search space's), overrides, token limit."""
+    limits = token_limits(spec, inputs)
+    plans = {}
+    for cell in cells:
+        choice = spec.models.get(cell.architecture)
+        preset = (choice.preset if choice and choice.preset else None) or spaces[
+            cell.architecture].preset
+        plans[cell.name] = ModelPlan(
+            architecture=cell.architecture, preset=preset,
+            overrides=dict(choice.overrides) if choice else {},
+            token_limit=limits[cell.tokenizer],
+        )
+    return plans
+
+
+def prepare_study(spec: StudySpec, gue_dir: str | None,
+                  progress: Callable[[str], None] = print) -> PreparedStudy:
+    """Cells, search spaces, tokenized shards and models of a study; nothing needs Ray yet."""
+    from ablate.spec import load_search_space
+
+    cells = expand_cells(spec)
+    spaces = {arch: load_search_space(spec.search_space_path, arch)
+              for arch in spec.axes.architecture}
+    gue_root = resolve_gue_dir(spec, gue_dir)
+    inputs = prepare_inputs(spec, gue_root, progress)
+    data_tag = (
+        f"gue:{gue_root}"
+        if gue_dir is not None or spec.data.synthetic is None
+        else f"synthetic:scale={spec.data.synthetic.scale:g},seed={spec.data.synthetic.seed}"
+    )
+    return PreparedStudy(cells, spaces, gue_root, inputs, model_plans(spec, cells, spaces, inputs),
+                         data_tag)
+
+
+def _study_recipe(spec: StudySpec, name: str) -> Any:
+    """A study's ``pretrain_specs`` entry with its corpus resolved: the study's tasks' train
+    splits by default, FASTA paths made absolute."""
+    recipe = spec.pretrain_specs[name]
+    if recipe.corpus.gue_tasks is None and recipe.corpus.fasta is None:
+        recipe = recipe.model_copy(
+            update={"corpus": recipe.corpus.model_copy(update={"gue_tasks": spec.data.tasks})}
+        )
+    if recipe.corpus.fasta:
+        fasta = [str(spec.path(p)) for p in recipe.corpus.fasta]
+        recipe = recipe.model_copy(
+            update={"corpus": recipe.corpus.model_copy(update={"fasta": fasta})}
+        )
+    return recipe
+
+
+def _model_files(folder: Path) -> Any:
+    """A model folder's files in Ray's object store, so trials on any node can load them."""
+    import ray
+
+    return ray.put({p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()})
+
+
+def _register_externals(spec: StudySpec, cells: list[Cell], tracking_uri: str,
+                        weights: dict[str, Any], progress: Callable[[str], None]
+                        ) -> dict[str, ModelSource]:
+    """Register each external checkpoint the cells use (once) and share its files."""
+    from ablate.pretrain import register_external
+    from ablate.tracking.schema import Tag
+
+    sources: dict[str, ModelSource] = {}
+    registered: dict[str, ModelSource] = {}
+    for cell in cells:
+        kind, _, name = cell.pretraining.partition(":")
+        if kind != "external":
+            continue
+        external = spec.external_checkpoints[name]
+        if name not in registered:
+            folder = spec.path(external.path)
+            result = register_external(
+                name, folder, device_hours=external.device_hours, tracking_uri=tracking_uri,
+                extra_tags={Tag.STUDY: spec.name},
+            )
+            weights[name] = _model_files(folder)
+            progress(f"external checkpoint {name}: run {result.run_id}")
+            registered[name] = ModelSource("external", result.run_id, weights_key=name,
+                                           trust_remote_code=external.trust_remote_code)
+        sources[cell.name] = registered[name]
+    return sources
+
+
+def pretrain_for_study(
+    spec: StudySpec,
+    prepared: PreparedStudy,
+    tracking_uri: str,
+    storage: str | None,
+    progress: Callable[[str], None] = print,
+) -> tuple[dict[str, ModelSource], dict[str, Any]]:
+    """Run (or reuse) every pretraining the study's cells need, once each.
+
+    Returns each pretrained cell's ``ModelSource`` (cell name -> source; cells not listed
+    start from scratch) and weights key -> object ref of the model folder's files, so trials on
+    any node can load the encoder without a shared file system.
+    """
+    from ablate.pretrain import PretrainJob, run_pretraining
+    from ablate.tracking.schema import Tag
+
+    jobs: dict[str, PretrainJob] = {}
+    job_of_cell: dict[str, str] = {}
+    for cell in prepared.cells:
+        kind, _, name = cell.pretraining.partition(":")
+        if kind != "mlm":
+            continue
+        model = prepared.models[cell.name]
+        job = PretrainJob(
+            name=name, recipe=_study_recipe(spec, name), architecture=cell.architecture,
+            preset=model.preset, overrides=dict(model.overrides), tokenizer_value=cell.tokenizer,
+            tokenizer_path=prepared.inputs[(cell.task, cell.tokenizer)].tokenizer_path,
+            gue_dir=str(prepared.gue_root), token_limit=model.token_limit,
+        )
+        jobs.setdefault(job.key, job)
+        job_of_cell[cell.name] = job.key
+
+    weights: dict[str, Any] = {}
+    sources = _register_externals(spec, prepared.cells, tracking_uri, weights, progress)
+    for key, job in jobs.items():
+        result = run_pretraining(
+            job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
+            progress=progress, extra_tags={Tag.STUDY: spec.name},
+        )
+        weights[key] = _model_files(Path(result.model_dir))
+        for cell_name, cell_key in job_of_cell.items():
+            if cell_key == key:
+                sources[cell_name] = ModelSource("mlm", result.run_id, weights_key=key)
+    return sources, weights
+
+
+def cell_plans(spec: StudySpec, prepared: PreparedStudy,
+               sources: dict[str, ModelSource]) -> dict[str, CellPlan]:
+    """The one place a cell's fixed trial context is built: cell name -> ``CellPlan``."""
+    resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu)
+    return {
+        cell.name: CellPlan(
+            cell=cell,
+            inputs=prepared.inputs[(cell.task, cell.tokenizer)],
+            model=prepared.models[cell.name],
+            source=sources.get(cell.name, ModelSource()),
+            resources=resources,
+            prices=dict(spec.prices),
+            max_epochs=spec.budget.max_epochs,
+            patience=spec.budget.patience,
+        )
+        for cell in prepared.cells
+    }
+
+
+def share_splits(
+    inputs: dict[tuple[str, str], TaskInputs], progress: Callable[[str], None] = print,
+    with_test: bool = False,
+) -> dict[str, Any]:
+    """Read every train/dev (and test) shard set once through Ray Data; share each.
+
+    Returns shard-set folder -> object ref; a trial fetches only the splits of its own cell.
+    """
+    import ray
+
+    from ablate.shards import read_shard_sets
+    from ablate.tokenization import PAD_ID
+
+    names = ("train", "dev", "test") if with_test else ("train", "dev")
+    folders = sorted({item.splits[s] for item in inputs.values() for s in names
+                      if s in item.splits})
+    progress(f"reading {len(folders)} shard sets through Ray Data")
+    arrays = read_shard_sets(folders, PAD_ID)
+    return {folder: ray.put(value) for folder, value in arrays.items()}
+
+
+def init_ray(address: str | None, spec: StudySpec) -> None:
+    """Connect to a cluster, or start local Ray with one CPU more than the trials reserve.
+
+    Ray Data's read tasks run outside the trials' reservations: if trials held every CPU, reads
+    would wait forever. Locally we therefore advertise at least one spare CPU.
+    """
+    from ablate.ray_session import start_ray
+
+    needed = math.ceil(spec.budget.concurrent_trials * spec.resources.cpu) + 1
+    for recipe in spec.pretrain_specs.values():
+        needed = max(needed, math.ceil(recipe.workers * recipe.cpus_per_worker) + 1)
+    start_ray(address, cpus=needed)
+
+
+@dataclass
+class Sweep:
+    """One launch of a study in MLflow: its id and its cell runs."""
+
+    client: Any
+    experiment_id: str
+    sweep: str
+    cell_runs: dict[str, str]  # cell name -> run id
+    extra_tags: dict[str, str]
+
+
+def open_sweep(spec: StudySpec, prepared: PreparedStudy, tracking_uri: str, resume: bool,
+               progress: Callable[[str], None]) -> Sweep:
+    """A new sweep id (or, with ``resume``, the latest one, if this schema wrote it) and its
+    cell runs."""
+    from mlflow import MlflowClient
+
+    from ablate.tracking.reader import latest_sweep_run, schema_version
+    from ablate.tracking.schema import SCHEMA_VERSION, Tag
+    from ablate.tracking.writer import get_or_create_experiment, open_cell_runs
+
+    # MLflow's HTTP client retries for minutes on its own; keep its share short so the
+    # study's own back-off (tracking.retry_seconds) decides when to give up.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_or_create_experiment(client, spec.name)
+    if resume:
+        latest = latest_sweep_run(tracking_uri, spec.name)
+        sweep = latest.data.tags[Tag.SWEEP]
+        version = schema_version(latest.data.tags)
+        if version != SCHEMA_VERSION:
+            raise AblateError(
+                f"sweep {sweep} was written by another version of ablate (tracking schema "
+                f"{version}, this one writes {SCHEMA_VERSION}) and cannot be resumed; "
+                "`ablate report` still reads it. Start the study again without --resume."
+            )
+        progress(f"resuming sweep {sweep}")
+    else:
+        sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    extra_tags = {Tag.DATA: prepared.data_tag}
+    cell_runs = open_cell_runs(client, experiment_id, spec.name, sweep, prepared.cells,
+                               extra_tags)
+    return Sweep(client, experiment_id, sweep, cell_runs, extra_tags)
+
+
+def _storage_path(spec: StudySpec, storage: str | None) -> str:
+    storage_path = storage or str(spec.work_path / "ray_results")
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
+def _dirname(prefix: str) -> Callable[[Any], str]:
+    return lambda trial: f"{prefix}_{trial.trial_id}"
+
+
+def build_tuner(trainable: Any, *, path: str, restore: bool, search_alg: Any,
+                callbacks: list, spec: StudySpec, dirname_prefix: str,
+                scheduler: Any = None, max_concurrent_trials: int | None = None) -> Any:
+    """The one Tuner builder (search and replicates): a new experiment at ``path``, or the
+    saved one restored."""
+    from ray import tune
+
+    if restore:
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    storage_path, name = path.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=-1,
+            max_concurrent_trials=max_concurrent_trials,
+            # A trial's successor starts in the same worker process: measured in
+            # bench/scheduling_overhead.py, a fresh actor per trial costs ~2.6 s of hand-off
+            # against ~20 ms reused.
+            reuse_actors=True,
+            trial_dirname_creator=_dirname(dirname_prefix),
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+            verbose=0,
+        ),
+    )
+
+
+def _search(spec: StudySpec, prepared: PreparedStudy, trainable: Any, path: str, resume: bool,
+            logger: Any, progress: Callable[[str], None]) -> Any:
+    """The search: every cell's trials as one Tune experiment."""
+    from ray import tune
+
+    if resume and not tune.Tuner.can_restore(path):
+        raise AblateError(
+            f"nothing to resume: no Ray Tune experiment at {path} (was the study "
+            "started with another --storage?)"
+        )
+    budget = spec.budget
+    searcher = CellSearcher(
+        prepared.cells, prepared.spaces, trials_per_cell=budget.trials_per_cell,
+        max_epochs=budget.max_epochs, max_concurrent=budget.concurrent_trials, seed=spec.seed,
+        startup_trials=budget.startup_trials,
+    )
+    scheduler = CellScheduler([c.name for c in prepared.cells], max_t=budget.max_epochs,
+                              grace_period=budget.grace_epochs, rf=budget.reduction_factor)
+    total = len(prepared.cells) * budget.trials_per_cell
+    tuner = build_tuner(
+        trainable, path=path, restore=resume, search_alg=searcher, scheduler=scheduler,
+        callbacks=[logger, TrialProgress(total, budget.max_epochs, progress)], spec=spec,
+        dirname_prefix="trial",
+    )
+    return _fit(tuner)
+
+
+def _replicate(spec: StudySpec, results: Any, trainable: Any, path: str, resume: bool,
+               logger: Any, progress: Callable[[str], None]) -> int:
+    """Re-train each cell's best configuration once per replicate seed; how many runs."""
+    from ray import tune
+
+    configs = replicate_configs(spec, results, progress)
+    progress(f"re-training the best configuration of each cell with seeds "
+             f"{spec.replicates}: {len(configs)} runs, evaluated once on test")
+    tuner = build_tuner(
+        trainable, path=path, restore=resume and tune.Tuner.can_restore(path),
+        search_alg=FixedConfigs(configs), max_concurrent_trials=spec.budget.concurrent_trials,
+        callbacks=[logger, TrialProgress(len(configs), spec.budget.max_epochs, progress)],
+        spec=spec, dirname_prefix="replicate",
+    )
+    _fit(tuner)
+    return len(configs)
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    gue_dir: str | None = None,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+) -> StudyRun:
+    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
+
+    With ``resume``, continue the study's latest sweep where it stopped (a killed driver, say):
+    Ray Tune restores its experiment and the searcher's Optuna studies, finished trials are not
+    re-run, unfinished ones continue from their last checkpoint, and MLflow runs are found again
+    by trial id instead of being created twice.
+    """
+    from ray import tune
+
+    from ablate.tracking.writer import MLflowTrialLogger, link_pretraining
+    from ablate.training import train_trial
+
+    prepared = prepare_study(spec, gue_dir, progress)
+    tracking_uri = tracking_uri or spec.tracking.uri
+    sweep = open_sweep(spec, prepared, tracking_uri, resume, progress)
+    storage_path = _storage_path(spec, storage)
+    # Trials checkpoint every epoch; with short epochs Tune warns about snapshot frequency.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save the experiment state every second (default 10 s), so a killed driver loses little.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    TRIALS_SEEN.clear()
+    init_ray(address, spec)
+
+    sources, weights = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
+    plans = cell_plans(spec, prepared, sources)
+    link_pretraining(sweep.client, sweep.cell_runs, plans)
+    logger = MLflowTrialLogger(
+        tracking_uri, sweep.experiment_id, spec.name, sweep.sweep, plans, sweep.cell_runs,
+        sweep.extra_tags,
+        spool_path=str(spec.work_path / "tracking_spool" / f"{sweep.sweep}.jsonl"),
+        retry_seconds=spec.tracking.retry_seconds,
+    )
+    if resume:
+        logger.load_spool()  # records a stopped driver could not send go first
+    data = share_splits(prepared.inputs, progress, with_test=bool(spec.replicates))
+    resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu).for_tune()
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, plans=plans, data=data, weights=weights), resources)
+    experiment_path = f"{storage_path.rstrip('/')}/{sweep.sweep}"
+
+    status = "FAILED"
+    try:
+        results = _search(spec, prepared, trainable, experiment_path, resume, logger, progress)
+        replicated = 0
+        if spec.replicates:
+            replicated = _replicate(spec, results, trainable, f"{experiment_path}-replicates",
+                                    resume, logger, progress)
+        lost = logger.close_lost_runs()
+        if lost:
+            progress(f"closed {lost} run(s) of trials lost when the earlier driver stopped "
+                     "(their slots were run again)")
+        status = "FINISHED"
+    finally:
+        logger.close_cells(status)
+    return StudyRun(
+        experiment_id=sweep.experiment_id,
+        sweep=sweep.sweep,
+        tracking_uri=tracking_uri,
+        storage_path=storage_path,
+        num_trials=len(results),
+        num_errors=results.num_errors,
+        num_replicates=replicated,
+    )
+
+
+def _fit(tuner: Any) -> Any:
+    """``tuner.fit()``, surfacing a tracking outage as itself (Tune wraps callback errors)."""
+    from ablate.tracking.writer import TrackingUnavailable
+
+    try:
+        return tuner.fit()
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, TrackingUnavailable):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
+def replicate_configs(spec: StudySpec, results: Any,
+                      progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Each cell's best completed trial (on dev) re-run once per replicate seed, on test.
+
+    Replicate i uses seed ``spec.replicates[i]`` in every cell, so replicates pair across cells.
+    A cell with no completed trial gets no replicates (and the report says so).
+    """
+    best: dict[str, tuple[float, TrialConfig, str]] = {}
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error or not ran_to_end(metrics, spec.budget.max_epochs):
+            continue
+        score = float(metrics.get(METRIC, float("-inf")))
+        cell = cell_of(result.config)
+        if cell not in best or score > best[cell][0]:
+            best[cell] = (score, TrialConfig.from_tune(result.config),
+                          metrics.get("trial_id", ""))
+    configs = [config.replicate(seed, trial_id).to_tune()
+               for _cell, (_, config, trial_id) in sorted(best.items())
+               for seed in spec.replicates]
+    missing = {c.name for c in expand_cells(spec)} - set(best)
+    for cell in sorted(missing):
+        progress(f"cell {cell} has no completed trial: no replicates")
+    return configs

@@ -1,0 +1,128 @@
+"""The names of the MLflow schema: tags, stages, outcomes, metrics and the schema version.
+
+Every tag or metric name ``ablate`` writes or reads is a constant here; nothing else in the
+package spells one. Importing this module imports nothing heavy, so readers (analysis, report,
+benchmarks, tests) can use the names without Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ablate.spec import Cell
+
+# Runs written by this code carry ``Tag.SCHEMA_VERSION = SCHEMA_VERSION``. Version 1 is every
+# run written before the tag existed (same tag and metric names; its Ray Tune state holds
+# untyped trial configs, so a version-1 sweep can be reported but not resumed).
+SCHEMA_VERSION = 2
+
+PRETRAIN_EXPERIMENT = "ablate-pretraining"  # the experiment of every pretraining run
+MODEL_ARTIFACT = "model"  # artifact path of a pretraining run's model folder
+
+
+class Tag:
+    """Tag names. Every run of a study carries STUDY, SWEEP, STAGE, SCHEMA_VERSION, DATA and the
+    cell's axes (CELL, ARCHITECTURE, PRETRAINING, TOKENIZER, TASK)."""
+
+    STUDY = "ablate.study"
+    SWEEP = "ablate.sweep"  # one id per launch of a study
+    STAGE = "ablate.stage"  # a Stage value
+    SCHEMA_VERSION = "ablate.schema_version"
+    DATA = "ablate.data"  # gue:<folder> or synthetic:scale=<f>,seed=<n>
+    CELL = "ablate.cell"
+    ARCHITECTURE = "ablate.architecture"
+    PRETRAINING = "ablate.pretraining"
+    TOKENIZER = "ablate.tokenizer"
+    TASK = "ablate.task"
+    # trial and replicate runs
+    TRIAL_ID = "ablate.trial_id"
+    OUTCOME = "ablate.outcome"  # an Outcome value
+    RETRIES = "ablate.retries"
+    PRETRAIN_RUN_ID = "ablate.pretrain_run_id"  # also on the cell run
+    REPLICATE_SEED = "ablate.replicate_seed"
+    SOURCE_TRIAL = "ablate.source_trial"  # the search trial a replicate re-trains
+    NODE_ID = "ablate.node_id"
+    DEVICE_TYPE = "ablate.device_type"  # also on pretraining runs
+    DEVICE_NAME = "ablate.device_name"
+    PEAK_SOURCE = "ablate.peak_source"
+    FLOPS_METHOD = "ablate.flops_method"
+    # pretraining runs
+    PRETRAIN_KEY = "ablate.pretrain_key"
+    PRETRAIN_NAME = "ablate.pretrain_name"
+    PRETRAIN_KIND = "ablate.pretrain_kind"  # "external" for a registered checkpoint
+    # MLflow's own
+    PARENT_RUN = "mlflow.parentRunId"
+
+
+class Stage:
+    """Values of ``Tag.STAGE``: the run hierarchy is study experiment > CELL > TRIAL/REPLICATE;
+    PRETRAIN runs live in ``PRETRAIN_EXPERIMENT``."""
+
+    CELL = "cell"
+    TRIAL = "trial"
+    REPLICATE = "replicate"
+    PRETRAIN = "pretrain"
+
+
+class Outcome:
+    """Values of ``Tag.OUTCOME``."""
+
+    COMPLETED = "completed"  # ran to its own end (max epochs or dev patience)
+    PRUNED = "pruned"  # stopped early by ASHA
+    FAILED = "failed"  # raised (a NaN loss, say) after its retries
+    LOST = "lost"  # started by a killed driver, never saved; its slot was run again
+
+
+class MetricName:
+    """Metric names the code reads back. A trial logs every numeric field it reports (see
+    ``ablate.training``); these are the ones analysis, report and resume depend on."""
+
+    BEST_DEV_MCC = "best_dev_mcc"  # the search metric (mode: max)
+    DEV_MCC = "dev_mcc"
+    TEST_MCC = "test_mcc"
+    WALL_SECONDS = "wall_seconds"
+    FLOPS = "flops"
+    DEVICE_HOURS = "device_hours"
+    N_PARAMS = "n_params"
+    TOKENS_SEEN = "tokens_seen"
+    MLM_LOSS = "mlm_loss"
+
+
+# String fields of a trial's results, recorded as tags rather than metrics.
+RESULT_TAGS = {
+    "node_id": Tag.NODE_ID,
+    "device_type": Tag.DEVICE_TYPE,
+    "device_name": Tag.DEVICE_NAME,
+    "peak_source": Tag.PEAK_SOURCE,
+    "flops_method": Tag.FLOPS_METHOD,
+}
+
+
+def cell_tags(cell: Cell) -> dict[str, str]:
+    """The tags naming a cell's place on the axes (on its cell run and every run below it)."""
+    return {
+        Tag.CELL: cell.name,
+        Tag.ARCHITECTURE: cell.architecture,
+        Tag.PRETRAINING: cell.pretraining,
+        Tag.TOKENIZER: cell.tokenizer,
+        Tag.TASK: cell.task,
+    }
+
+
+def tag_column(tag: str) -> str:
+    """The column of a tag in ``mlflow.search_runs(output_format="pandas")``."""
+    return f"tags.{tag}"
+
+
+def metric_column(metric: str) -> str:
+    return f"metrics.{metric}"
+
+
+def param_column(param: str) -> str:
+    return f"params.{param}"
+
+
+def tag_filter(tag: str, value: str, op: str = "=") -> str:
+    """An MLflow search filter on one tag, e.g. ``tags.`ablate.stage` = 'cell'``."""
+    return f"tags.`{tag}` {op} '{value}'"
