@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -54,18 +53,10 @@ class PretrainJob:
     @property
     def key(self) -> str:
         """Content hash of everything that determines the pretrained weights."""
+        from ablate.corpus import source_hashes
         from ablate.tokenization import load_tokenizer, tokenizer_hash
 
-        corpus = self.recipe.corpus
-        sources = []
-        if corpus.fasta:
-            sources = [_file_sha256(Path(p)) for p in corpus.fasta]
-        elif corpus.gue_tasks:
-            from ablate.data.gue import split_path
-
-            sources = [
-                _file_sha256(split_path(self.gue_dir, t, "train")) for t in corpus.gue_tasks
-            ]
+        sources = source_hashes(self.recipe.corpus, self.gue_dir)
         payload = {
             "recipe": self.recipe.model_dump(mode="json"),
             "architecture": self.architecture,
@@ -89,105 +80,6 @@ class PretrainResult:
     flops: float
     tokens_seen: int
     reused: bool
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --- corpus ----------------------------------------------------------------------------------
-
-
-def sample_fasta_windows(
-    paths: list[Path], *, window_bp: int, windows: int, seed: int, max_tries: int = 50
-) -> list[str]:
-    """Sample ``windows`` windows of ``window_bp`` bases from FASTA files, skipping N runs.
-
-    Records are chosen in proportion to their length; a window holding any N is redrawn (up to
-    ``max_tries`` times per window), so assembly gaps and masked runs never enter the corpus.
-    """
-    import pyfaidx
-
-    records = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise AblateError(f"{path}: FASTA file not found (corpus.fasta)")
-        try:
-            fasta = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=True)
-        except Exception as exc:  # pyfaidx raises several types for malformed input
-            raise AblateError(f"{path}: not a readable FASTA file ({exc})") from None
-        records += [(fasta, name, len(fasta[name])) for name in fasta.keys()]
-    records = [r for r in records if r[2] >= window_bp]
-    if not records:
-        raise AblateError(
-            f"no FASTA record in {[str(p) for p in paths]} is at least {window_bp} bp long "
-            "(lower corpus.window_bp)"
-        )
-    weights = np.array([r[2] - window_bp + 1 for r in records], dtype=float)
-    rng = np.random.default_rng(seed)
-    out: list[str] = []
-    for _ in range(windows):
-        for _try in range(max_tries):
-            fasta, name, length = records[rng.choice(len(records), p=weights / weights.sum())]
-            start = int(rng.integers(0, length - window_bp + 1))
-            window = str(fasta[name][start : start + window_bp])
-            if "N" not in window:
-                out.append(window)
-                break
-    if len(out) < windows // 2:
-        raise AblateError(
-            f"only {len(out)} of {windows} FASTA windows of {window_bp} bp are free of N"
-        )
-    return out
-
-
-def corpus_sequences(job: PretrainJob) -> tuple[list[str], str, int]:
-    """(sequences, source description, bp cut) of a job's corpus. Never reads dev or test."""
-    corpus = job.recipe.corpus
-    if corpus.fasta:
-        paths = [Path(p) for p in corpus.fasta]
-        seqs = sample_fasta_windows(
-            paths, window_bp=corpus.window_bp, windows=corpus.windows, seed=job.recipe.seed
-        )
-        return seqs, "fasta:" + ",".join(str(p) for p in paths), corpus.window_bp
-    from ablate.data.gue import get_dataset, read_split
-
-    if not corpus.gue_tasks or job.gue_dir is None:
-        raise AblateError("a pretraining corpus needs gue_tasks with a GUE folder, or fasta")
-    seqs: list[str] = []
-    length = 0
-    for task in corpus.gue_tasks:
-        bp = get_dataset(task).length_bp
-        length = max(length, bp)
-        seqs += [s[:bp] for s in read_split(job.gue_dir, task, "train").sequences]
-    random.Random(job.recipe.seed).shuffle(seqs)
-    return seqs, "gue-train:" + ",".join(corpus.gue_tasks), length
-
-
-def prepare_corpus_shards(job: PretrainJob, work_dir: Path) -> Path:
-    """Tokenize the corpus once into shards (labels unused), cached by the job's key."""
-    from tokenizers import Tokenizer
-
-    from ablate.shards import write_shards
-    from ablate.tokenization import tokenizer_hash
-
-    tokenizer = Tokenizer.from_file(job.tokenizer_path)
-    seqs, source, length_bp = corpus_sequences(job)
-    return write_shards(
-        seqs,
-        np.zeros(len(seqs), dtype=np.int32),
-        tokenizer,
-        root=Path(work_dir) / "pretrain_shards",
-        source=source,
-        source_sha256=job.key,
-        tokenizer_hash=tokenizer_hash(tokenizer),
-        length_bp=length_bp,
-        rows_per_shard=20_000,
-    )
 
 
 # --- the Ray Train worker loop ---------------------------------------------------------------
@@ -460,6 +352,7 @@ def run_pretraining(
     """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key)."""
     from mlflow import MlflowClient
 
+    from ablate.corpus import prepare_corpus_shards
     from ablate.shards import ShardManifest
     from ablate.tracking.reader import find_finished_pretraining
     from ablate.tracking.writer import register_pretraining
@@ -472,7 +365,9 @@ def run_pretraining(
         return _result_from_run(client, finished, work_dir, reused=True)
 
     progress(f"pretraining {job.name} ({key}): tokenizing the corpus")
-    shard_dir = prepare_corpus_shards(job, work_dir)
+    shard_dir = prepare_corpus_shards(job.recipe.corpus, seed=job.recipe.seed,
+                                      gue_dir=job.gue_dir, tokenizer_path=job.tokenizer_path,
+                                      key=key, work_dir=work_dir)
     manifest = ShardManifest.read(shard_dir)
     storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
     trainer = _trainer(job, manifest, shard_dir, storage_path)
@@ -555,6 +450,7 @@ def register_external(
     """Record an external checkpoint as a pretraining run with its declared cost (once)."""
     from mlflow import MlflowClient
 
+    from ablate.corpus import file_sha256
     from ablate.tracking import writer
     from ablate.tracking.reader import find_finished_pretraining
 
@@ -564,7 +460,7 @@ def register_external(
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         digest.update(path.name.encode())
-        digest.update(_file_sha256(path).encode())
+        digest.update(file_sha256(path).encode())
     key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}"
     client = MlflowClient(tracking_uri)
     finished = find_finished_pretraining(client, key)

@@ -6,8 +6,23 @@ import pytest
 
 from ablate import analysis
 from ablate.stats import paired_comparison
+from ablate.tracking.schema import (
+    MetricName,
+    Outcome,
+    Stage,
+    Tag,
+    metric_column,
+    param_column,
+    tag_column,
+)
 
-T = "tags.ablate."
+CELL, ARCH, PRE, TOK, TASK = (tag_column(t) for t in (Tag.CELL, Tag.ARCHITECTURE,
+                                                      Tag.PRETRAINING, Tag.TOKENIZER, Tag.TASK))
+STAGE, OUTCOME = tag_column(Tag.STAGE), tag_column(Tag.OUTCOME)
+PRETRAIN_RUN = tag_column(Tag.PRETRAIN_RUN_ID)
+BEST_DEV_MCC = metric_column(MetricName.BEST_DEV_MCC)
+DEVICE_HOURS = metric_column(MetricName.DEVICE_HOURS)
+FLOPS = metric_column(MetricName.FLOPS)
 
 
 def trial_rows(cell_axes, outcomes, scores, hours, max_epochs=4, start=0):
@@ -15,23 +30,23 @@ def trial_rows(cell_axes, outcomes, scores, hours, max_epochs=4, start=0):
     rows = []
     for i, (outcome, score, hour) in enumerate(zip(outcomes, scores, hours, strict=True)):
         rows.append({
-            f"{T}cell": f"{arch}|{pre}|{tok}|{task}", f"{T}architecture": arch,
-            f"{T}pretraining": pre, f"{T}tokenizer": tok, f"{T}task": task,
-            f"{T}stage": "trial", f"{T}outcome": outcome, f"{T}trial_id": f"{arch}{pre}{i}",
-            "params.max_epochs": str(max_epochs), "params.learning_rate": "0.001",
-            "metrics.best_dev_mcc": score, "metrics.device_hours": hour,
-            "metrics.wall_seconds": hour * 3600, "metrics.flops": 1e9,
+            CELL: f"{arch}|{pre}|{tok}|{task}", ARCH: arch, PRE: pre, TOK: tok, TASK: task,
+            STAGE: Stage.TRIAL, OUTCOME: outcome, tag_column(Tag.TRIAL_ID): f"{arch}{pre}{i}",
+            param_column("max_epochs"): str(max_epochs), param_column("learning_rate"): "0.001",
+            BEST_DEV_MCC: score, DEVICE_HOURS: hour,
+            metric_column(MetricName.WALL_SECONDS): hour * 3600, FLOPS: 1e9,
             "start_time": pd.Timestamp("2026-01-01") + pd.Timedelta(minutes=start + i),
         })
     return rows
 
 
 def test_budget_table_counts_outcomes_and_flags_unequal_budgets():
-    rows = (trial_rows(("cnn", "none", "char", "tf/0"), ["completed", "pruned", "failed"],
+    done, pruned, failed = Outcome.COMPLETED, Outcome.PRUNED, Outcome.FAILED
+    rows = (trial_rows(("cnn", "none", "char", "tf/0"), [done, pruned, failed],
                        [0.5, 0.3, np.nan], [0.1, 0.05, 0.01])
-            + trial_rows(("unet", "none", "char", "tf/0"), ["completed", "completed", "pruned"],
+            + trial_rows(("unet", "none", "char", "tf/0"), [done, done, pruned],
                          [0.6, 0.4, 0.2], [0.2, 0.2, 0.1])
-            + trial_rows(("convnova", "none", "char", "tf/0"), ["completed", "pruned"],
+            + trial_rows(("convnova", "none", "char", "tf/0"), [done, pruned],
                          [0.7, 0.1], [0.3, 0.1]))
     table = analysis.cells(pd.DataFrame(rows)).set_index("cell")
     cnn = table.loc["cnn|none|char|tf/0"]
@@ -50,12 +65,11 @@ def replicate_frame(values):
         for task, mccs in per_task.items():
             for seed, mcc in enumerate(mccs):
                 rows.append({
-                    f"{T}cell": f"{arch}|{pre}|{tok}|{task}", f"{T}architecture": arch,
-                    f"{T}pretraining": pre, f"{T}tokenizer": tok, f"{T}task": task,
-                    f"{T}stage": "replicate", f"{T}replicate_seed": str(seed),
-                    f"{T}outcome": "completed", "metrics.test_mcc": mcc,
-                    "metrics.best_dev_mcc": mcc, "metrics.device_hours": 0.5,
-                    "metrics.flops": 2e9,
+                    CELL: f"{arch}|{pre}|{tok}|{task}", ARCH: arch, PRE: pre, TOK: tok,
+                    TASK: task, STAGE: Stage.REPLICATE,
+                    tag_column(Tag.REPLICATE_SEED): str(seed), OUTCOME: Outcome.COMPLETED,
+                    metric_column(MetricName.TEST_MCC): mcc, BEST_DEV_MCC: mcc,
+                    DEVICE_HOURS: 0.5, FLOPS: 2e9,
                 })
     return pd.DataFrame(rows)
 
@@ -90,7 +104,7 @@ def test_amortisation_charges_pretraining_per_rule():
         replicate_frame({("cnn", "mlm:small", "char"): {"t1": [0.6], "t2": [0.7]},
                          ("cnn", "none", "char"): {"t1": [0.5], "t2": [0.6]}}),
     ])
-    runs[f"{T}pretrain_run_id"] = np.where(runs[f"{T}pretraining"] == "none", None, "run1")
+    runs[PRETRAIN_RUN] = np.where(runs[PRE] == "none", None, "run1")
     costs = {"run1": analysis.PretrainCost("run1", device_hours=10.0, flops=1e12)}
     table = analysis.cost_benefit(runs, costs).set_index(["cell", "rule"])
     pre = "cnn|mlm:small|char|t1"
@@ -105,24 +119,24 @@ def test_amortisation_charges_pretraining_per_rule():
 
 
 def test_break_even_from_search_trajectories():
-    scratch = trial_rows(("cnn", "none", "char", "t1"), ["completed"] * 3, [0.3, 0.5, 0.6],
+    scratch = trial_rows(("cnn", "none", "char", "t1"), [Outcome.COMPLETED] * 3, [0.3, 0.5, 0.6],
                          [1.0, 1.0, 1.0])
-    pretrained = trial_rows(("cnn", "mlm:s", "char", "t1"), ["completed"] * 2, [0.6, 0.55],
+    pretrained = trial_rows(("cnn", "mlm:s", "char", "t1"), [Outcome.COMPLETED] * 2, [0.6, 0.55],
                             [0.5, 0.5])
     frame = pd.DataFrame(scratch + pretrained)
-    frame[f"{T}pretrain_run_id"] = np.where(frame[f"{T}pretraining"] == "none", None, "p")
+    frame[PRETRAIN_RUN] = np.where(frame[PRE] == "none", None, "p")
     costs = {"p": analysis.PretrainCost("p", device_hours=5.0, flops=0.0)}
     (row,) = analysis.break_even(frame, costs).itertuples()
     # Pretrained reached 0.6 after 0.5 h; scratch needed 3 h. 5/n + 0.5 <= 3 -> n = 2.
     assert (row.pretrained_cost, row.scratch_cost, row.break_even_tasks) == (0.5, 3.0, 2)
     costs["p"] = analysis.PretrainCost("p", device_hours=5.0, flops=0.0)
-    frame.loc[frame[f"{T}pretraining"] == "mlm:s", "metrics.best_dev_mcc"] = [0.9, 0.1]
+    frame.loc[frame[PRE] == "mlm:s", BEST_DEV_MCC] = [0.9, 0.1]
     (row,) = analysis.break_even(frame, costs).itertuples()
     assert row.verdict == "scratch never matched" and row.break_even_tasks is None
 
 
 def test_tuning_curves_are_monotone_and_end_at_the_best():
-    rows = trial_rows(("cnn", "none", "char", "t1"), ["completed"] * 4, [0.1, 0.4, 0.2, 0.3],
+    rows = trial_rows(("cnn", "none", "char", "t1"), [Outcome.COMPLETED] * 4, [0.1, 0.4, 0.2, 0.3],
                       [1, 1, 1, 1])
     (curve,) = analysis.tuning_curves(pd.DataFrame(rows)).values()
     assert curve[0] == pytest.approx(0.25) and curve[-1] == pytest.approx(0.4)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ablate.tracking.schema import Outcome, Stage, Tag, tag_filter
 from tests.helpers import free_port, kill_session
 from tests.test_e2e import write_spec
 
@@ -84,7 +85,7 @@ def run_against(tmp_path, address, env, name, budget, kill=None):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(name).experiment_id
-    return client.search_runs([experiment], "tags.`ablate.stage` = 'trial'"), log_path
+    return client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL)), log_path
 
 
 def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_nodes):
@@ -92,7 +93,7 @@ def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_node
     runs, _ = run_against(tmp_path, address, env, "spread",
                           {"trials_per_cell": 3, "max_epochs": 2, "concurrent_trials": 4})
     assert len(runs) == 6
-    nodes = Counter(r.data.tags["ablate.node_id"] for r in runs)
+    nodes = Counter(r.data.tags[Tag.NODE_ID] for r in runs)
     assert len(nodes) == 2, nodes  # trials ran on both nodes
 
     def kill_worker_node(log_path, study):
@@ -108,8 +109,8 @@ def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_node
         {"trials_per_cell": 3, "max_epochs": 3, "concurrent_trials": 4, "max_failures": 3},
         kill=kill_worker_node,
     )
-    per_cell = Counter(r.data.tags["ablate.cell"] for r in runs)
+    per_cell = Counter(r.data.tags[Tag.CELL] for r in runs)
     assert sorted(per_cell.values()) == [3, 3]  # the full budget despite the lost node
-    assert all(r.data.tags["ablate.outcome"] in ("completed", "pruned") for r in runs)
-    retried = [r for r in runs if int(r.data.tags.get("ablate.retries", 0)) > 0]
+    assert all(r.data.tags[Tag.OUTCOME] in (Outcome.COMPLETED, Outcome.PRUNED) for r in runs)
+    retried = [r for r in runs if int(r.data.tags.get(Tag.RETRIES, 0)) > 0]
     assert retried, "no trial was running on the lost node"  # the kill did hit trials

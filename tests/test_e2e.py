@@ -11,6 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ablate.tracking.schema import (
+    MetricName,
+    Outcome,
+    Stage,
+    Tag,
+    param_column,
+    tag_column,
+    tag_filter,
+)
+
 ABLATE = [sys.executable, "-m", "ablate.cli"]
 pytestmark = pytest.mark.integration
 
@@ -48,11 +58,11 @@ def trial_runs_by_cell(tracking_uri: str, study: str) -> tuple[dict, dict]:
     experiment = client.get_experiment_by_name(study)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    cells = {r.data.tags["ablate.cell"]: r for r in runs if r.data.tags["ablate.stage"] == "cell"}
+    cells = {r.data.tags[Tag.CELL]: r for r in runs if r.data.tags[Tag.STAGE] == Stage.CELL}
     trials: dict[str, list] = {}
     for run in runs:
-        if run.data.tags["ablate.stage"] == "trial":
-            trials.setdefault(run.data.tags["ablate.cell"], []).append(run)
+        if run.data.tags[Tag.STAGE] == Stage.TRIAL:
+            trials.setdefault(run.data.tags[Tag.CELL], []).append(run)
     return cells, trials
 
 
@@ -65,27 +75,27 @@ def check_study_in_mlflow(tracking_uri: str, study: str, trials_per_cell: int, m
     assert set(trials) == set(cells)
     for cell, runs in trials.items():
         assert len(runs) == trials_per_cell, cell
-        assert len({r.data.tags["ablate.trial_id"] for r in runs}) == trials_per_cell
+        assert len({r.data.tags[Tag.TRIAL_ID] for r in runs}) == trials_per_cell
         for run in runs:
             tags = run.data.tags
-            assert tags["mlflow.parentRunId"] == cells[cell].info.run_id
-            for key in ("study", "cell", "stage", "architecture", "pretraining", "tokenizer",
-                        "task"):
-                assert tags[f"ablate.{key}"], key
-            assert tags["ablate.study"] == study
+            assert tags[Tag.PARENT_RUN] == cells[cell].info.run_id
+            for tag in (Tag.STUDY, Tag.CELL, Tag.STAGE, Tag.ARCHITECTURE, Tag.PRETRAINING,
+                        Tag.TOKENIZER, Tag.TASK, Tag.SCHEMA_VERSION):
+                assert tags[tag], tag
+            assert tags[Tag.STUDY] == study
             assert run.info.status == "FINISHED"
-            assert tags["ablate.outcome"] in ("completed", "pruned")
+            assert tags[Tag.OUTCOME] in (Outcome.COMPLETED, Outcome.PRUNED)
             assert {"learning_rate", "weight_decay", "dropout", "batch_size"} <= set(
                 run.data.params
             )
-            history = client.get_metric_history(run.info.run_id, "dev_mcc")
+            history = client.get_metric_history(run.info.run_id, MetricName.DEV_MCC)
             epochs = sorted(m.step for m in history)
             assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= max_epochs
             for metric in ("dev_accuracy", "dev_f1", "dev_loss", "wall_seconds", "flops"):
                 assert metric in run.data.metrics, metric
             assert run.data.metrics["flops"] > 0 and run.data.metrics["wall_seconds"] > 0
         # Early stopping only ever compares trials of one cell; the best survives to max_epochs.
-        assert any(r.data.tags["ablate.outcome"] == "completed" for r in runs)
+        assert any(r.data.tags[Tag.OUTCOME] == Outcome.COMPLETED for r in runs)
     return cells, trials
 
 
@@ -132,7 +142,7 @@ def test_synthetic_study_and_cli_overrides(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert not (tmp_path / "unused.db").exists()
     cells, _ = check_study_in_mlflow(uri, "synthetic-e2e", trials_per_cell=2, max_epochs=2)
-    assert all(r.data.tags["ablate.data"].startswith("synthetic:") for r in cells.values())
+    assert all(r.data.tags[Tag.DATA].startswith("synthetic:") for r in cells.values())
 
     report = ablate("report", str(spec), "--tracking-uri", uri, "--out", "out", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
@@ -153,11 +163,11 @@ def test_synthetic_study_and_cli_overrides(tmp_path):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("synthetic-e2e")
     replicate_runs = client.search_runs([experiment.experiment_id],
-                                        "tags.`ablate.stage` = 'replicate'")
+                                        tag_filter(Tag.STAGE, Stage.REPLICATE))
     assert len(replicate_runs) == 8
     for run in replicate_runs:
         assert run.data.metrics["device_hours"] > 0 and run.data.metrics["price"] > 0
-        assert run.data.tags["ablate.flops_method"] == "torch.utils.flop_counter"
+        assert run.data.tags[Tag.FLOPS_METHOD] == "torch.utils.flop_counter"
     # The planted motifs are learnable: some cell is clearly above chance.
     assert max(float(r["best_dev_mcc"]) for r in rows) > 0.3
 
@@ -242,7 +252,7 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     )
     assert len(pretrain_runs) == 1
     (pretrain_run,) = pretrain_runs
-    assert pretrain_run.data.tags["ablate.architecture"] == "convnova"
+    assert pretrain_run.data.tags[Tag.ARCHITECTURE] == "convnova"
     assert pretrain_run.data.metrics["flops"] > 0
 
     from ablate.analysis import latest_sweep, trials
@@ -250,13 +260,15 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     _, sweep = latest_sweep(uri, "pretrain-e2e")
     frame = trials(uri, "pretrain-e2e", sweep)
     assert len(frame) == 4
-    by_cell = frame.groupby("tags.ablate.pretraining")
+    by_cell = frame.groupby(tag_column(Tag.PRETRAINING))
     pretrained = by_cell.get_group("mlm:small")
     scratch = by_cell.get_group("none")
-    assert (pretrained["tags.ablate.pretrain_run_id"] == pretrain_run.info.run_id).all()
-    assert scratch["tags.ablate.pretrain_run_id"].isna().all()  # from scratch: no link
+    link = tag_column(Tag.PRETRAIN_RUN_ID)
+    assert (pretrained[link] == pretrain_run.info.run_id).all()
+    assert scratch[link].isna().all()  # from scratch: no link
     # Same architecture, same tokenizer, same start-up draws: only pretraining differs.
-    assert sorted(pretrained["params.learning_rate"]) == sorted(scratch["params.learning_rate"])
+    learning_rate = param_column("learning_rate")
+    assert sorted(pretrained[learning_rate]) == sorted(scratch[learning_rate])
 
 
 def test_failing_trials_are_marked_and_counted_while_the_study_goes_on(tmp_path):
@@ -275,10 +287,10 @@ def test_failing_trials_are_marked_and_counted_while_the_study_goes_on(tmp_path)
     assert "(2 failed)" in run.stdout and "FAILED" in run.stdout
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("failures").experiment_id
-    for run_info in client.search_runs([experiment], "tags.`ablate.stage` = 'trial'"):
-        failed = run_info.data.tags["ablate.architecture"] == "unet"
+    for run_info in client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL)):
+        failed = run_info.data.tags[Tag.ARCHITECTURE] == "unet"
         assert run_info.info.status == ("FAILED" if failed else "FINISHED")
-        assert (run_info.data.tags["ablate.outcome"] == "failed") == failed
+        assert (run_info.data.tags[Tag.OUTCOME] == Outcome.FAILED) == failed
     report = ablate("report", str(spec), "--out", "out", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     with open(tmp_path / "out" / "cells.csv") as handle:

@@ -10,6 +10,7 @@ import torch
 
 from ablate.errors import AblateError
 from ablate.models.external import ExternalEncoder, build_external_classifier
+from ablate.tracking.schema import MetricName, Tag, tag_column
 
 
 def make_checkpoint(folder: Path, tokenizer_json: Path | None = None) -> Path:
@@ -66,12 +67,12 @@ def test_study_with_external_checkpoint(tmp_path, dnabert2_tokenizer_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     frame = trials(uri, "external-e2e", latest_sweep(uri, "external-e2e")[1])
     # convnova x external is not a cell: the checkpoint brings its own architecture.
-    assert sorted(frame["tags.ablate.cell"].str.split("|").str[:2].str.join("|")) == [
+    assert sorted(frame[tag_column(Tag.CELL)].str.split("|").str[:2].str.join("|")) == [
         "convnova|none", "transformer|external:tiny", "transformer|none"]
     client = MlflowClient(uri)
     (registered,) = client.search_runs(
         [client.get_experiment_by_name(PRETRAIN_EXPERIMENT).experiment_id]
     )
-    assert registered.data.metrics["device_hours"] == 1.5
-    external = frame[frame["tags.ablate.pretraining"] == "external:tiny"]
-    assert (external["tags.ablate.pretrain_run_id"] == registered.info.run_id).all()
+    assert registered.data.metrics[MetricName.DEVICE_HOURS] == 1.5
+    external = frame[frame[tag_column(Tag.PRETRAINING)] == "external:tiny"]
+    assert (external[tag_column(Tag.PRETRAIN_RUN_ID)] == registered.info.run_id).all()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from ablate.data.gue import scan_gue_dir
 from ablate.shards import ShardManifest, prepare_task_inputs, resolve_tokenizer
+from ablate.tokenization import parse_tokenizer_choice
 
 SEQ = ["ACGT" * 25, "TTGA" * 25, "CCGG" * 25, "GATC" * 25]
 
@@ -25,10 +26,11 @@ def test_scan_counts_rows_also_in_train(tmp_path):
 
 def test_study_can_drop_duplicates_from_train(tmp_path):
     root = write_task(tmp_path / "gue")
-    tok, tok_file = resolve_tokenizer("char", gue_root=root, tasks=["tf/0"],
+    char = parse_tokenizer_choice("char")
+    tok, tok_file = resolve_tokenizer(char, gue_root=root, tasks=["tf/0"],
                                       work_dir=tmp_path / "w")
-    kept = prepare_task_inputs(root, "tf/0", "char", tok, tok_file, work_dir=tmp_path / "w")
-    dropped = prepare_task_inputs(root, "tf/0", "char", tok, tok_file, work_dir=tmp_path / "w",
+    kept = prepare_task_inputs(root, "tf/0", char, tok, tok_file, work_dir=tmp_path / "w")
+    dropped = prepare_task_inputs(root, "tf/0", char, tok, tok_file, work_dir=tmp_path / "w",
                                   drop_train_duplicates=True)
     assert ShardManifest.read(Path(kept.splits["train"])).num_rows == 4
     assert ShardManifest.read(Path(dropped.splits["train"])).num_rows == 1

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
+from ablate.corpus import sample_fasta_windows
 from ablate.errors import AblateError
-from ablate.pretrain import sample_fasta_windows
+from ablate.tracking.schema import MODEL_ARTIFACT, MetricName, Stage, Tag
 from tests.helpers import kill_session
 
 pytestmark = pytest.mark.integration
@@ -118,12 +119,13 @@ def test_pretraining_lowers_masked_lm_loss_and_is_reused(tmp_path, real_gue):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.data.tags["ablate.stage"] == "pretrain"
-    for metric in ("wall_seconds", "device_hours", "flops", "tokens_seen", "mlm_loss"):
+    assert run.data.tags[Tag.STAGE] == Stage.PRETRAIN
+    for metric in (MetricName.WALL_SECONDS, MetricName.DEVICE_HOURS, MetricName.FLOPS,
+                   MetricName.TOKENS_SEEN, MetricName.MLM_LOSS):
         assert run.data.metrics[metric] > 0, metric
     assert run.data.metrics["steps"] == 60
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/config.json", "model/model.safetensors"} <= artifacts
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)}
+    assert {f"{MODEL_ARTIFACT}/config.json", f"{MODEL_ARTIFACT}/model.safetensors"} <= artifacts
 
     # Held-out real sequences (dev; the corpus was train only): lower masked-token loss than
     # the same architecture freshly initialised.

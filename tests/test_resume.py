@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ablate.analysis import trials
+from ablate.tracking.schema import MetricName, Outcome, Stage, Tag, tag_filter
 from tests.helpers import kill_session
 from tests.test_e2e import ablate, write_spec
 
@@ -46,8 +47,8 @@ def test_resume_after_driver_is_killed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("resume").experiment_id
-    before = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
-    finished_before = {r.data.tags["ablate.trial_id"]: r.info.end_time for r in before
+    before = client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL))
+    finished_before = {r.data.tags[Tag.TRIAL_ID]: r.info.end_time for r in before
                        if r.info.status == "FINISHED"}
     assert 3 <= len(finished_before) < 8
 
@@ -55,23 +56,23 @@ def test_resume_after_driver_is_killed(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming sweep" in resumed.stdout
 
-    after = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
+    after = client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL))
     # A trial the killed driver had started but Tune had not yet saved is lost: its slot is run
     # again, and its run is closed as KILLED, tagged lost, and left out of the analysis.
-    lost = [r for r in after if r.data.tags.get("ablate.outcome") == "lost"]
+    lost = [r for r in after if r.data.tags.get(Tag.OUTCOME) == Outcome.LOST]
     assert all(r.info.status == "KILLED" for r in lost)
     analysed = set(trials(uri, "resume")["run_id"])
     assert not analysed & {r.info.run_id for r in lost}
     after = [r for r in after if r.info.run_id in analysed]
-    per_cell = Counter(r.data.tags["ablate.cell"] for r in after)
+    per_cell = Counter(r.data.tags[Tag.CELL] for r in after)
     assert sorted(per_cell.values()) == [4, 4], per_cell
-    ids = [r.data.tags["ablate.trial_id"] for r in after]
+    ids = [r.data.tags[Tag.TRIAL_ID] for r in after]
     assert len(ids) == len(set(ids)) == 8  # no trial has two runs
     for run in after:
         assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev_mcc")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, MetricName.DEV_MCC)]
         assert sorted(steps) == list(range(1, len(steps) + 1)), steps  # no epoch twice
-        trial_id = run.data.tags["ablate.trial_id"]
+        trial_id = run.data.tags[Tag.TRIAL_ID]
         if trial_id in finished_before:  # finished trials were not re-run
             assert run.info.end_time == finished_before[trial_id]
 

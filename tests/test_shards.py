@@ -14,7 +14,13 @@ from ablate.shards import (
     shard_key,
     write_shards,
 )
-from ablate.tokenization import PAD_ID, char_tokenizer, kmer_tokenizer, tokenizer_hash
+from ablate.tokenization import (
+    PAD_ID,
+    char_tokenizer,
+    kmer_tokenizer,
+    parse_tokenizer_choice,
+    tokenizer_hash,
+)
 
 SEQS = ["ACGTACGTAC", "TTTTGGGGCCCCAAAA", "ACG", "NNNNACGT"]
 LABELS = np.array([0, 1, 0, 1])
@@ -130,18 +136,21 @@ def test_prepare_task_inputs_on_synthetic_data(tmp_path):
     tasks = ["mouse/0", "prom/prom_core_tata"]
     root = write_synthetic_gue(tmp_path / "gue", scale=0.02, seed=3, tasks=tasks)
     work = tmp_path / "work"
-    tok, tok_file = resolve_tokenizer("bpe", gue_root=root, tasks=tasks, work_dir=work,
+    bpe_choice = parse_tokenizer_choice("bpe")
+    tok, tok_file = resolve_tokenizer(bpe_choice, gue_root=root, tasks=tasks, work_dir=work,
                                       bpe_vocab_size=64)
     assert tok.get_vocab_size() == 64 and tok_file.is_file()
     # One BPE per study, cached: the same train splits give the same file.
-    again, again_file = resolve_tokenizer("bpe", gue_root=root, tasks=list(reversed(tasks)),
+    again, again_file = resolve_tokenizer(bpe_choice, gue_root=root, tasks=list(reversed(tasks)),
                                           work_dir=work, bpe_vocab_size=64)
     assert again_file == tok_file and tokenizer_hash(again) == tokenizer_hash(tok)
-    bpe = prepare_task_inputs(root, "mouse/0", "bpe", tok, tok_file, work_dir=work)
+    bpe = prepare_task_inputs(root, "mouse/0", bpe_choice, tok, tok_file, work_dir=work)
     assert bpe.vocab_size == 64 and bpe.length_bp == 101 and bpe.token_limit == 103
     assert set(bpe.splits) == {"train", "dev", "test"}
-    assert prepare_task_inputs(root, "mouse/0", "bpe", tok, tok_file, work_dir=work) == bpe
-    kmer_tok, kmer_file = resolve_tokenizer("kmer:3", gue_root=root, tasks=tasks, work_dir=work)
-    kmer = prepare_task_inputs(root, "mouse/0", "kmer:3", kmer_tok, kmer_file, work_dir=work)
+    assert prepare_task_inputs(root, "mouse/0", bpe_choice, tok, tok_file, work_dir=work) == bpe
+    kmer_choice = parse_tokenizer_choice("kmer:3")
+    kmer_tok, kmer_file = resolve_tokenizer(kmer_choice, gue_root=root, tasks=tasks,
+                                            work_dir=work)
+    kmer = prepare_task_inputs(root, "mouse/0", kmer_choice, kmer_tok, kmer_file, work_dir=work)
     assert kmer.token_limit == 34 + 2
     assert ShardManifest.read(Path(kmer.splits["train"])).max_tokens <= kmer.token_limit

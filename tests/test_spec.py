@@ -10,6 +10,7 @@ from ablate.spec import (
     load_study,
     parse_study,
 )
+from ablate.tracking.schema import Tag, cell_tags
 
 GOOD = {
     "name": "smoke",
@@ -53,7 +54,7 @@ def test_issue_example_spec_parses_and_expands(tmp_path, monkeypatch):
     cells = expand_cells(spec)
     assert len(cells) == 4
     assert cells[0].name == "convnova|none|char|prom/prom_core_tata"
-    assert cells[0].tags()["ablate.task"] == "prom/prom_core_tata"
+    assert cell_tags(cells[0])[Tag.TASK] == "prom/prom_core_tata"
 
 
 @pytest.mark.parametrize(

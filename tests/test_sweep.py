@@ -6,8 +6,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ablate.search import TRIALS_SEEN, CellScheduler, CellSearcher
 from ablate.spec import DEFAULT_SEARCH_SPACE_DIR, Cell, load_search_space
+from ablate.trial import TrialConfig
+from ablate.tune_plugins import TRIALS_SEEN, CellScheduler, CellSearcher
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +24,7 @@ CELLS = [Cell("convnova", "none", "char", "tf/0"), Cell("transformer", "none", "
 def make_searcher(trials=3, max_epochs=4, concurrent=2, seed=0):
     spaces = {a: load_search_space(DEFAULT_SEARCH_SPACE_DIR, a) for a in ("convnova",
                                                                            "transformer")}
-    templates = {c.name: {"inputs": {}, "model": {"architecture": c.architecture}} for c in CELLS}
-    return CellSearcher(CELLS, spaces, templates, trials_per_cell=trials, max_epochs=max_epochs,
+    return CellSearcher(CELLS, spaces, trials_per_cell=trials, max_epochs=max_epochs,
                         max_concurrent=concurrent, seed=seed)
 
 
@@ -165,7 +165,7 @@ def test_reconcile_after_resume_marks_lost_adopts_unknown_and_tells_finished(tmp
     # and "d" started after the searcher's last save.
     TRIALS_SEEN["a"] = stub_with("a", {"cell": CELLS[0].name}, "TERMINATED", result(0.5, 4))
     TRIALS_SEEN["b"] = stub_with("b", first, "RUNNING")
-    d_config = {"cell": CELLS[1].name, "hparams": first["hparams"]}
+    d_config = TrialConfig(cell=CELLS[1].name, hparams=first["hparams"], seed=1).to_tune()
     TRIALS_SEEN["d"] = stub_with("d", d_config, "RUNNING")
     config = restored.suggest("e")
     assert config["cell"] == CELLS[0].name  # c's slot re-issued

@@ -13,19 +13,30 @@ from types import SimpleNamespace
 
 import pytest
 
+from ablate.shards import TaskInputs
 from ablate.spec import Cell
-from ablate.tracking import MLflowTrialLogger, TrackingUnavailable, open_cell_runs
+from ablate.tracking.schema import MetricName, Outcome, Stage, Tag, tag_column, tag_filter
+from ablate.tracking.writer import MLflowTrialLogger, TrackingUnavailable, open_cell_runs
+from ablate.trial import CellPlan, ModelPlan, ModelSource, Resources, TrialConfig
 from tests.helpers import free_port
 
 CELL = Cell("cnn", "none", "char", "tf/0")
+TRIALS = tag_filter(Tag.STAGE, Stage.TRIAL)
+
+
+def plans(max_epochs: int = 2) -> dict[str, CellPlan]:
+    inputs = TaskInputs(task=CELL.task, tokenizer=CELL.tokenizer, tokenizer_path="tok.json",
+                        vocab_size=10, num_classes=2, length_bp=8, token_limit=10, splits={})
+    plan = CellPlan(cell=CELL, inputs=inputs, model=ModelPlan(CELL.architecture, "tiny"),
+                    source=ModelSource(), resources=Resources(), prices={},
+                    max_epochs=max_epochs)
+    return {CELL.name: plan}
 
 
 def fake_trial(trial_id: str, epochs: int = 2) -> SimpleNamespace:
-    config = {"cell": CELL.name, "hparams": {"learning_rate": 0.01}, "model": {}, "seed": 1}
+    config = TrialConfig(cell=CELL.name, hparams={"learning_rate": 0.01}, seed=1).to_tune()
     return SimpleNamespace(trial_id=trial_id, config=config,
                            last_result={"training_iteration": epochs})
-
-
 
 
 def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeypatch):
@@ -39,8 +50,8 @@ def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeyp
     cell_runs = open_cell_runs(client, experiment, "spool", "spool-1", [CELL])
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     spool = tmp_path / "spool.jsonl"
-    logger = MLflowTrialLogger(down, experiment, "spool", "spool-1", {CELL.name: CELL},
-                               cell_runs, max_epochs=2, spool_path=str(spool), retry_seconds=2)
+    logger = MLflowTrialLogger(down, experiment, "spool", "spool-1", plans(max_epochs=2),
+                               cell_runs, spool_path=str(spool), retry_seconds=2)
     trial = fake_trial("t1")
     with pytest.raises(TrackingUnavailable, match="--resume"):
         logger.on_trial_start(0, [], trial)
@@ -55,14 +66,14 @@ def test_unreachable_server_spools_and_resume_sends_everything(tmp_path, monkeyp
     assert len(spool.read_text().splitlines()) == 4
 
     # The server is back (a resumed driver): the spool goes first, in order, exactly once.
-    resumed = MLflowTrialLogger(good, experiment, "spool", "spool-1", {CELL.name: CELL},
-                                cell_runs, max_epochs=2, spool_path=str(spool))
+    resumed = MLflowTrialLogger(good, experiment, "spool", "spool-1", plans(max_epochs=2),
+                                cell_runs, spool_path=str(spool))
     resumed.setup()
     assert not spool.exists()
-    (run,) = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
-    history = client.get_metric_history(run.info.run_id, "dev_mcc")
+    (run,) = client.search_runs([experiment], TRIALS)
+    history = client.get_metric_history(run.info.run_id, MetricName.DEV_MCC)
     assert sorted((m.step, round(m.value, 3)) for m in history) == [(1, 0.1), (2, 0.2)]
-    assert run.info.status == "FINISHED" and run.data.tags["ablate.outcome"] == "completed"
+    assert run.info.status == "FINISHED" and run.data.tags[Tag.OUTCOME] == Outcome.COMPLETED
 
 
 def test_runs_of_trials_lost_in_a_crash_are_closed_and_left_out(tmp_path):
@@ -74,8 +85,8 @@ def test_runs_of_trials_lost_in_a_crash_are_closed_and_left_out(tmp_path):
     client = MlflowClient(uri)
     experiment = client.create_experiment("lost")
     cell_runs = open_cell_runs(client, experiment, "lost", "lost-1", [CELL])
-    killed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", {CELL.name: CELL}, cell_runs,
-                               max_epochs=2)
+    killed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", plans(max_epochs=2),
+                               cell_runs)
     # The killed driver started t1 (its run is open) but Tune never saved it; t2 finished.
     killed.on_trial_start(0, [], fake_trial("t1"))
     killed.on_trial_result(0, [], fake_trial("t1"), {"training_iteration": 1, "dev_mcc": 0.9,
@@ -85,15 +96,14 @@ def test_runs_of_trials_lost_in_a_crash_are_closed_and_left_out(tmp_path):
                                                          "best_dev_mcc": 0.1 * step})
     killed.on_trial_complete(0, [], fake_trial("t2"))
 
-    resumed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", {CELL.name: CELL}, cell_runs,
-                                max_epochs=2)
+    resumed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", plans(max_epochs=2),
+                                cell_runs)
     assert resumed.close_lost_runs() == 1
-    by_trial = {r.data.tags["ablate.trial_id"]: r
-                for r in client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")}
+    by_trial = {r.data.tags[Tag.TRIAL_ID]: r for r in client.search_runs([experiment], TRIALS)}
     assert by_trial["t1"].info.status == "KILLED"
-    assert by_trial["t1"].data.tags["ablate.outcome"] == "lost"
+    assert by_trial["t1"].data.tags[Tag.OUTCOME] == Outcome.LOST
     assert by_trial["t2"].info.status == "FINISHED"
-    assert list(trials(uri, "lost")["tags.ablate.trial_id"]) == ["t2"]
+    assert list(trials(uri, "lost")[tag_column(Tag.TRIAL_ID)]) == ["t2"]
     assert resumed.close_lost_runs() == 0  # cell runs and finished trials are left alone
 
 
@@ -154,14 +164,15 @@ def test_study_survives_a_tracking_server_restart(tmp_path):
     try:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("outage").experiment_id
-        runs = client.search_runs([experiment], "tags.`ablate.stage` = 'trial'")
+        runs = client.search_runs([experiment], TRIALS)
         assert len(runs) == 4
         results = Path(tmp_path, ".ablate", "ray_results")
         for run in runs:
-            trial_id = run.data.tags["ablate.trial_id"]
+            trial_id = run.data.tags[Tag.TRIAL_ID]
             (progress,) = results.glob(f"outage-*/trial_{trial_id}/progress.csv")
             reported = len(progress.read_text().strip().splitlines()) - 1
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "dev_mcc")]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id,
+                                                                  MetricName.DEV_MCC)]
             assert sorted(steps) == list(range(1, reported + 1))  # every epoch, once
             assert run.info.status == "FINISHED"
     finally:

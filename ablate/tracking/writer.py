@@ -383,6 +383,26 @@ def trial_tags(plan: CellPlan, config: TrialConfig) -> dict[str, str]:
 # --- pretraining runs ------------------------------------------------------------------------
 
 
+def _pretrain_run(client: Any, tags: dict[str, str], run_name: str, params: dict[str, Any],
+                  metrics: dict[str, float], model_folder: Path | None = None) -> str:
+    """A finished run in ``PRETRAIN_EXPERIMENT`` with these tags, params, metrics (and model)."""
+    from mlflow.entities import Metric, Param
+
+    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
+    tags = {Tag.STAGE: Stage.PRETRAIN, **version_tag(), **tags}
+    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+    )
+    if model_folder is not None:
+        client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
 def register_pretraining(
     client: Any,
     *,
@@ -397,30 +417,9 @@ def register_pretraining(
     extra_tags: dict[str, str] | None = None,
 ) -> str:
     """Record a finished pretraining: its key, cost metrics and model folder; its run id."""
-    from mlflow.entities import Metric, Param
-
-    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-    tags = {
-        Tag.STAGE: Stage.PRETRAIN,
-        Tag.PRETRAIN_KEY: key,
-        Tag.PRETRAIN_NAME: name,
-        Tag.ARCHITECTURE: architecture,
-        Tag.TOKENIZER: tokenizer,
-        Tag.DEVICE_TYPE: device_type,
-        **version_tag(),
-        **(extra_tags or {}),
-    }
-    run_id = client.create_run(experiment_id, tags=tags,
-                               run_name=f"{name}-{architecture}").info.run_id
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-    )
-    client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
+    tags = {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.ARCHITECTURE: architecture,
+            Tag.TOKENIZER: tokenizer, Tag.DEVICE_TYPE: device_type, **(extra_tags or {})}
+    return _pretrain_run(client, tags, f"{name}-{architecture}", params, metrics, model_folder)
 
 
 def register_external(
@@ -433,24 +432,8 @@ def register_external(
     extra_tags: dict[str, str] | None = None,
 ) -> str:
     """Record an external checkpoint as a pretraining run with its declared cost; its run id."""
-    from mlflow.entities import Metric, Param
-
-    experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-    tags = {
-        Tag.STAGE: Stage.PRETRAIN,
-        Tag.PRETRAIN_KEY: key,
-        Tag.PRETRAIN_NAME: name,
-        Tag.PRETRAIN_KIND: "external",
-        Tag.ARCHITECTURE: "transformer",
-        **version_tag(),
-        **(extra_tags or {}),
-    }
-    run_id = client.create_run(experiment_id, tags=tags, run_name=f"external-{name}").info.run_id
-    client.log_batch(
-        run_id,
-        params=[Param("path", str(folder)), Param("cost_source", "declared")],
-        metrics=[Metric(MetricName.DEVICE_HOURS, float(device_hours),
-                        int(time.time() * 1000), 0)],
-    )
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
+    tags = {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.PRETRAIN_KIND: "external",
+            Tag.ARCHITECTURE: "transformer", **(extra_tags or {})}
+    return _pretrain_run(client, tags, f"external-{name}",
+                         {"path": folder, "cost_source": "declared"},
+                         {MetricName.DEVICE_HOURS: float(device_hours)})
