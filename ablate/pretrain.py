@@ -98,6 +98,21 @@ def _batches(shard: Any, batch_size: int, pad_id: int, width: int) -> Iterator[A
                torch.from_numpy(arrays.attention_mask()))
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every pretraining worker needs, as plain values (no driver paths): the recipe, the
+    model, the tokenizer's vocabulary and complement table, and the shards' padded width."""
+
+    recipe: PretrainRecipe
+    architecture: str
+    preset: str
+    overrides: dict
+    vocab_size: int
+    complement_ids: tuple[int, ...]
+    token_limit: int
+    width: int
+
+
 @dataclass
 class _Optimisation:
     model: Any  # the model as Ray Train wrapped it (DDP with more than one worker)
@@ -106,7 +121,7 @@ class _Optimisation:
     scheduler: Any
 
 
-def _build(config: dict, recipe: PretrainRecipe) -> tuple[_Optimisation, int, Any]:
+def _build(plan: WorkerPlan) -> tuple[_Optimisation, int, Any]:
     """The masked-LM model, wrapped for data parallelism, with AdamW and a linear schedule;
     returns it, its parameter count and the device."""
     import ray.train.torch
@@ -117,13 +132,14 @@ def _build(config: dict, recipe: PretrainRecipe) -> tuple[_Optimisation, int, An
     from ablate.tokenization import PAD_ID
 
     bare = build_mlm(
-        config["architecture"], preset=config["preset"], vocab_size=config["vocab_size"],
-        max_len=config["token_limit"], pad_id=PAD_ID, complement_ids=config["complement_ids"],
-        overrides=config["overrides"] or None,
+        plan.architecture, preset=plan.preset, vocab_size=plan.vocab_size,
+        max_len=plan.token_limit, pad_id=PAD_ID, complement_ids=list(plan.complement_ids),
+        overrides=plan.overrides or None,
     )
     n_params = count_parameters(bare)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(bare)
+    recipe = plan.recipe
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
                                   weight_decay=recipe.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
@@ -168,7 +184,8 @@ def _checkpoint_and_report(opt: _Optimisation, state: dict, metrics: dict, rank:
 
 
 def pretrain_worker(config: dict) -> None:
-    """Ray Train per-worker loop: masked-LM steps, checkpoints, metrics, resume.
+    """Ray Train per-worker loop (``config["plan"]``: a ``WorkerPlan``): masked-LM steps,
+    checkpoints, metrics, resume.
 
     A step is the fine-tuning trial's own (``ablate.training.train_step``) with the masked-LM
     loss of ``MaskedLanguageModel`` through the wrapped model's ``forward``; FLOPs are counted
@@ -185,11 +202,12 @@ def pretrain_worker(config: dict) -> None:
 
     for name in ("ray.train", "ray.tune"):  # per-report "checkpoint created" lines are noise
         logging.getLogger(name).setLevel(logging.WARNING)
-    recipe = PretrainRecipe.model_validate(config["recipe"])
+    plan: WorkerPlan = config["plan"]
+    recipe = plan.recipe
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(recipe.seed + rank)
-    opt, n_params, device = _build(config, recipe)
+    opt, n_params, device = _build(plan)
     state = _restore(opt, device)
     resumed_from = state["step"]
     generator = torch.Generator().manual_seed(recipe.seed * 7919 + rank + state["step"])
@@ -199,9 +217,9 @@ def pretrain_worker(config: dict) -> None:
     loss_sum, loss_count = 0.0, 0
     while state["step"] < recipe.max_steps:
         produced = False
-        for ids, mask in _batches(shard, recipe.batch_size, PAD_ID, config["width"]):
+        for ids, mask in _batches(shard, recipe.batch_size, PAD_ID, plan.width):
             produced = True
-            masked, labels = mask_tokens(ids, mask, vocab_size=config["vocab_size"],
+            masked, labels = mask_tokens(ids, mask, vocab_size=plan.vocab_size,
                                          mask_prob=recipe.mask_prob, generator=generator,
                                          mask_id=MASK_ID)
             batch = (masked.to(device), mask.to(device), labels.to(device))
@@ -284,16 +302,12 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
     dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5, resources=here)
     return TorchTrainer(
         pretrain_worker,
-        train_loop_config={
-            "recipe": recipe.model_dump(mode="json"),
-            "architecture": job.architecture,
-            "preset": job.preset,
-            "overrides": job.overrides,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "complement_ids": complement_ids(tokenizer),
-            "token_limit": job.token_limit,
-            "width": manifest.max_tokens,
-        },
+        train_loop_config={"plan": WorkerPlan(
+            recipe=recipe, architecture=job.architecture, preset=job.preset,
+            overrides=dict(job.overrides), vocab_size=tokenizer.get_vocab_size(),
+            complement_ids=tuple(complement_ids(tokenizer)), token_limit=job.token_limit,
+            width=manifest.max_tokens,
+        )},
         scaling_config=ray.train.ScalingConfig(
             num_workers=recipe.workers,
             use_gpu=recipe.use_gpu,

@@ -249,6 +249,21 @@ def test_mlm_loss_of_a_batch_without_labels_is_zero():
     loss.backward()
 
 
+def test_mlm_forward_with_labels_is_the_tested_loss():
+    """Pretraining calls the loss through forward (a DDP wrapper sees only forward)."""
+    model = _mlm("convnova").eval()
+    ids = _random_ids(4, 12, 10)
+    mask = torch.ones_like(ids)
+    masked, labels = mask_tokens(ids, mask, vocab_size=10, mask_prob=0.5,
+                                 generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        through_forward = model(masked, mask, labels)
+        direct = model.loss(masked, mask, labels)
+        logits = model(masked, mask)
+    assert through_forward.ndim == 0 and logits.shape == (4, 12, 10)
+    torch.testing.assert_close(through_forward, direct, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_same_seed_gives_same_model_and_outputs(arch):
     ids = _random_ids(2, 16, 10)
