@@ -196,7 +196,7 @@ def _model_files(folder: Path) -> Any:
 
 
 def _register_externals(spec: StudySpec, cells: list[Cell], tracking_uri: str,
-                        weights: dict[str, Any], progress: Callable[[str], None]
+                        model_files: dict[str, Any], progress: Callable[[str], None]
                         ) -> dict[str, ModelSource]:
     """Register each external checkpoint the cells use (once) and share its files."""
     from ablate.pretrain import register_external
@@ -215,7 +215,7 @@ def _register_externals(spec: StudySpec, cells: list[Cell], tracking_uri: str,
                 name, folder, device_hours=external.device_hours, tracking_uri=tracking_uri,
                 extra_tags={Tag.STUDY: spec.name},
             )
-            weights[name] = _model_files(folder)
+            model_files[name] = _model_files(folder)
             progress(f"external checkpoint {name}: run {result.run_id}")
             registered[name] = ModelSource("external", result.run_id, weights_key=name,
                                            trust_remote_code=external.trust_remote_code)
@@ -255,18 +255,18 @@ def pretrain_for_study(
         jobs.setdefault(job.key, job)
         job_of_cell[cell.name] = job.key
 
-    weights: dict[str, Any] = {}
-    sources = _register_externals(spec, prepared.cells, tracking_uri, weights, progress)
+    model_files: dict[str, Any] = {}
+    sources = _register_externals(spec, prepared.cells, tracking_uri, model_files, progress)
     for key, job in jobs.items():
         result = run_pretraining(
             job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
             progress=progress, extra_tags={Tag.STUDY: spec.name},
         )
-        weights[key] = _model_files(Path(result.model_dir))
+        model_files[key] = _model_files(Path(result.model_dir))
         for cell_name, cell_key in job_of_cell.items():
             if cell_key == key:
                 sources[cell_name] = ModelSource("mlm", result.run_id, weights_key=key)
-    return sources, weights
+    return sources, model_files
 
 
 def cell_plans(spec: StudySpec, prepared: PreparedStudy,
@@ -491,7 +491,7 @@ def run_study(
     TRIALS_SEEN.clear()
     init_ray(address, spec)
 
-    sources, weights = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
+    sources, model_files = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
     plans = cell_plans(spec, prepared, sources)
     link_pretraining(sweep.client, sweep.cell_runs, plans)
     logger = MLflowTrialLogger(
@@ -502,10 +502,11 @@ def run_study(
     )
     if resume:
         logger.load_spool()  # records a stopped driver could not send go first
-    data = share_splits(prepared.inputs, progress, with_test=bool(spec.replicates))
+    split_arrays = share_splits(prepared.inputs, progress, with_test=bool(spec.replicates))
     resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu).for_tune()
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, plans=plans, data=data, weights=weights), resources)
+        tune.with_parameters(train_trial, plans=plans, split_arrays=split_arrays,
+                             model_files=model_files), resources)
     experiment_path = f"{storage_path.rstrip('/')}/{sweep.sweep}"
 
     status = "FAILED"

@@ -1,14 +1,15 @@
 """The trainable: one Ray Tune trial fits one configuration of one cell.
 
-``train_trial(config, plans, data, weights)`` is a plain function in the style of Ray Tune's
-examples. ``config`` is Tune's per-trial config (a ``TrialConfig``: cell, searched
+``train_trial(config, plans, split_arrays, model_files)`` is a plain function in the style of
+Ray Tune's examples. ``config`` is Tune's per-trial config (a ``TrialConfig``: cell, searched
 hyperparameters, seed); ``plans`` maps each cell to its ``CellPlan`` (task inputs, model,
-starting point, resources, prices, epoch budget); ``data`` and ``weights`` are the study's split
-arrays and pretrained model files in Ray's object store. Both reach the trainable through
-``tune.with_parameters`` (see ``ablate.study``). It trains on train, evaluates dev after every
-epoch and calls ``tune.report`` with dev metrics, cost (wall seconds, FLOPs, device-hours) and a
-checkpoint; a replicate evaluates its best-on-dev model once on test at the end. Every numeric
-field it reports is logged to MLflow (``ablate.tracking``).
+starting point, resources, prices, epoch budget); ``split_arrays`` maps shard-set folders to
+their arrays and ``model_files`` weights keys to pretrained model folders' files, both in Ray's
+object store. All three reach the trainable through ``tune.with_parameters`` (see
+``ablate.study``). It trains on train, evaluates dev after every epoch and calls ``tune.report``
+with dev metrics, cost (wall seconds, FLOPs, device-hours) and a checkpoint; a replicate
+evaluates its best-on-dev model once on test at the end. Every numeric field it reports is
+logged to MLflow (``ablate.tracking``).
 
 ``train_step``, ``count_step_flops`` and ``autocast_context`` are shared with masked-LM
 pretraining (``ablate.pretrain``), so both count and take a step the same way.
@@ -184,11 +185,11 @@ def _unpack_files(files: Any, folder: Path) -> None:
 
 
 def build_model(plan: CellPlan, trial: TrialConfig,
-                weights: dict[str, Any] | None = None) -> SequenceClassifier:
+                model_files: dict[str, Any] | None = None) -> SequenceClassifier:
     """The classifier a cell plan describes, with the trial's dropout.
 
     A pretrained cell starts from the pretrained encoder, whose model folder's files arrive in
-    ``weights`` (weights key -> {file name: bytes}); every other cell starts from the same
+    ``model_files`` (weights key -> {file name: bytes}); every other cell starts from the same
     architecture freshly initialised.
     """
     from ablate.models.registry import build_classifier
@@ -197,7 +198,7 @@ def build_model(plan: CellPlan, trial: TrialConfig,
     inputs, source = plan.inputs, plan.source
     dropout = float(trial.hparams["dropout"])
     if source.external:
-        return _external_classifier(plan, dropout, (weights or {})[source.weights_key])
+        return _external_classifier(plan, dropout, (model_files or {})[source.weights_key])
     model = build_classifier(
         plan.model.architecture,
         preset=plan.model.preset,
@@ -213,7 +214,7 @@ def build_model(plan: CellPlan, trial: TrialConfig,
         from ablate.models.io import load_encoder_weights
 
         with tempfile.TemporaryDirectory() as folder:
-            _unpack_files((weights or {})[source.weights_key], Path(folder))
+            _unpack_files((model_files or {})[source.weights_key], Path(folder))
             load_encoder_weights(model, Path(folder))
     return model
 
@@ -281,7 +282,7 @@ class TrialRun:
         return max(self.batch_size, 256)
 
 
-def load_splits(plan: CellPlan, trial: TrialConfig, data: dict[str, Any],
+def load_splits(plan: CellPlan, trial: TrialConfig, split_arrays: dict[str, Any],
                 device: Any) -> dict[str, SplitTensors]:
     """The splits a trial uses (train, dev, and test for a replicate), on its device."""
     import ray
@@ -292,7 +293,7 @@ def load_splits(plan: CellPlan, trial: TrialConfig, data: dict[str, Any],
     names = ["train", "dev"] + (["test"] if trial.evaluate_test else [])
     out = {}
     for name in names:
-        arrays = data[splits[name]]
+        arrays = split_arrays[splits[name]]
         arrays = ray.get(arrays) if isinstance(arrays, ray.ObjectRef) else arrays
         out[name] = SplitTensors.from_arrays(arrays).resident(device)
     return out
@@ -308,8 +309,8 @@ def _flops_per_sample(model: Any, split: SplitTensors, batch_size: int, device: 
     return count_step_flops(model, probe, backward=backward) / len(probe[2])
 
 
-def setup_trial(trial: TrialConfig, plan: CellPlan, data: dict[str, Any],
-                weights: dict[str, Any] | None) -> TrialRun:
+def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any],
+                model_files: dict[str, Any] | None) -> TrialRun:
     """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint."""
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -321,12 +322,12 @@ def setup_trial(trial: TrialConfig, plan: CellPlan, data: dict[str, Any],
     np.random.seed(trial.seed % 2**32)
     device = pick_device()
     setup_start = time.perf_counter()
-    splits = load_splits(plan, trial, data, device)
+    splits = load_splits(plan, trial, split_arrays, device)
     hardware = current_device(plan.resources.gpu, plan.resources.cpu)
     energy = EnergyMeter()
     energy.start()
 
-    model = build_model(plan, trial, weights).to(device)
+    model = build_model(plan, trial, model_files).to(device)
     batch_size = int(hparams["batch_size"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hparams["learning_rate"]),
                                   weight_decay=float(hparams["weight_decay"]))
@@ -460,8 +461,8 @@ def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def train_trial(config: dict, plans: dict[str, CellPlan], data: dict[str, Any],
-                weights: dict[str, Any] | None = None) -> None:
+def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str, Any],
+                model_files: dict[str, Any] | None = None) -> None:
     """Ray Tune function trainable; see the module docstring for its arguments."""
     import logging
 
@@ -469,7 +470,7 @@ def train_trial(config: dict, plans: dict[str, CellPlan], data: dict[str, Any],
         logging.getLogger(name).setLevel(logging.WARNING)
     trial = TrialConfig.from_tune(config)
     plan = plans[trial.cell]
-    run = setup_trial(trial, plan, data, weights)
+    run = setup_trial(trial, plan, split_arrays, model_files)
     setup_seconds = run.setup_seconds
     for epoch in range(run.progress.epoch + 1, plan.max_epochs + 1):
         start = time.perf_counter()

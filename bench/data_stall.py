@@ -19,7 +19,8 @@ from pathlib import Path
 
 from benchlib import Result, Row, gue_dir, run_benchmark
 
-ARCHITECTURES = ("convnova", "transformer", "unet", "cnn")
+from ablate.models.registry import ARCHITECTURES
+
 TASK = "tf/0"
 TARGET = 0.02  # at most 2% of step time spent waiting for the batch
 
@@ -33,10 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tokenized_train(root: Path):
     """tf/0's whole train split as a trial gets it: shards written, read, padded, tensors."""
-    import pyarrow.parquet as pq
-
     from ablate.data.gue import get_dataset, read_split
-    from ablate.shards import ShardManifest, SplitArrays, pad_token_lists, write_shards
+    from ablate.shards import ShardManifest, read_shard_set, write_shards
     from ablate.tokenization import PAD_ID, char_tokenizer, tokenizer_hash
     from ablate.training import SplitTensors
 
@@ -47,12 +46,7 @@ def tokenized_train(root: Path):
                           tokenizer_hash=tokenizer_hash(tokenizer),
                           length_bp=get_dataset(TASK).length_bp)
     manifest = ShardManifest.read(folder)
-    table = pq.read_table(manifest.paths(folder))
-    column = table.column("input_ids").combine_chunks()
-    ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(), PAD_ID,
-                                   manifest.max_tokens)
-    labels = table.column("label").to_numpy().astype("int64")
-    return SplitTensors.from_arrays(SplitArrays(ids, lengths, labels)), tokenizer, manifest
+    return SplitTensors.from_arrays(read_shard_set(folder, PAD_ID)), tokenizer, manifest
 
 
 def time_steps(model, train, batch_size: int, steps: int, warmup: int) -> tuple[float, float]:

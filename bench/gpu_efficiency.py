@@ -112,7 +112,7 @@ def measure(args: argparse.Namespace, result: Result) -> None:
         return
     from ablate.cost import gpu_peak
     from ablate.data.gue import get_dataset, read_split
-    from ablate.shards import SplitArrays, _token_table, pad_token_lists
+    from ablate.shards import split_arrays, token_table
     from ablate.tokenization import PAD_ID, char_tokenizer, complement_ids
     from ablate.training import SplitTensors, count_step_flops
 
@@ -121,11 +121,10 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     bp = get_dataset(TASK).length_bp
     rows = args.batch_size * 16
     encoded = tokenizer.encode_batch_fast([s[:bp] for s in source.sequences[:rows]])
-    column, _ = _token_table(encoded, source.labels[:rows])
-    tokens = column.column("input_ids").combine_chunks()
-    ids, lengths = pad_token_lists(tokens.offsets.to_numpy(), tokens.values.to_numpy(), PAD_ID)
-    split = SplitTensors.from_arrays(SplitArrays(ids, lengths, source.labels[:rows]))
-    width = ids.shape[1]
+    table, _ = token_table(encoded, source.labels[:rows])
+    arrays = split_arrays(table, PAD_ID)  # padded to the longest row
+    split = SplitTensors.from_arrays(arrays)
+    width = arrays.input_ids.shape[1]
     device = torch.device(args.device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(0)

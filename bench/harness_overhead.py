@@ -1,6 +1,6 @@
 """Harness overhead: training throughput inside an ablate trial against a bare PyTorch loop.
 
-For each architecture, runs a real one-cell study (``ablate.sweep.run_study`` on a spec built
+For each architecture, runs a real one-cell study (``ablate.study.run_study`` on a spec built
 with ``ablate.spec.parse_study``) on a real GUE task, one trial, its hyperparameters pinned by a
 search space whose ranges are single values, and reads the trial's ``train_samples_per_second``
 for epochs >= 2 back from MLflow. Then it trains the same model (same config, data, batch size
@@ -79,10 +79,18 @@ def trial_throughput(spec) -> dict:
     """The trial's per-epoch samples/s (from MLflow's metric history), its compute and params."""
     from mlflow import MlflowClient
 
-    from ablate.analysis import runs
+    from ablate.tracking.reader import runs
+    from ablate.tracking.schema import (
+        MetricName,
+        Stage,
+        Tag,
+        metric_column,
+        param_column,
+        tag_column,
+    )
 
     frame = runs(spec.tracking.uri, spec.name)
-    trials = frame[frame["tags.ablate.stage"] == "trial"]
+    trials = frame[frame[tag_column(Tag.STAGE)] == Stage.TRIAL]
     if len(trials) != 1:
         raise RuntimeError(f"expected 1 trial run, found {len(trials)}")
     trial = trials.iloc[0]
@@ -92,18 +100,18 @@ def trial_throughput(spec) -> dict:
     per_epoch = {m.step: m.value for m in history}
     return {
         "per_epoch": per_epoch,
-        "wall_seconds": float(trial["metrics.wall_seconds"]),
-        "batch_size": int(trial["params.batch_size"]),
-        "learning_rate": float(trial["params.learning_rate"]),
-        "weight_decay": float(trial["params.weight_decay"]),
-        "dropout": float(trial["params.dropout"]),
-        "seed": int(trial["params.seed"]),
-        "outcome": trial.get("tags.ablate.outcome"),
+        "wall_seconds": float(trial[metric_column(MetricName.WALL_SECONDS)]),
+        "batch_size": int(trial[param_column("batch_size")]),
+        "learning_rate": float(trial[param_column("learning_rate")]),
+        "weight_decay": float(trial[param_column("weight_decay")]),
+        "dropout": float(trial[param_column("dropout")]),
+        "seed": int(trial[param_column("seed")]),
+        "outcome": trial.get(tag_column(Tag.OUTCOME)),
     }
 
 
 def bare_loop(
-    config: dict, train, dev, hp: dict, epochs: int
+    plan, train, dev, hp: dict, epochs: int
 ) -> tuple[list[float], list[float]]:
     """Samples/s of each epoch of a plain PyTorch loop: the trial's math, none of its harness.
 
@@ -120,9 +128,10 @@ def bare_loop(
     import torch
 
     from ablate.training import GRAD_CLIP_NORM, build_model, evaluate
+    from ablate.trial import TrialConfig
 
     torch.manual_seed(hp["seed"])
-    model = build_model({**config, "hparams": {"dropout": hp["dropout"]}})
+    model = build_model(plan, TrialConfig(plan.cell.name, {"dropout": hp["dropout"]}, hp["seed"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["learning_rate"],
                                   weight_decay=hp["weight_decay"])
     batch_size = hp["batch_size"]
@@ -149,19 +158,11 @@ def bare_loop(
 
 def load_split(folder: str):
     """A shard set read straight from Parquet (no Ray) into the tensors a trial trains on."""
-    import pyarrow.parquet as pq
-
-    from ablate.shards import ShardManifest, SplitArrays, pad_token_lists
+    from ablate.shards import read_shard_set
     from ablate.tokenization import PAD_ID
     from ablate.training import SplitTensors
 
-    manifest = ShardManifest.read(Path(folder))
-    table = pq.read_table(manifest.paths(Path(folder)))
-    column = table.column("input_ids").combine_chunks()
-    ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(), PAD_ID,
-                                   manifest.max_tokens)
-    labels = table.column("label").to_numpy().astype("int64")
-    return SplitTensors.from_arrays(SplitArrays(ids, lengths, labels))
+    return SplitTensors.from_arrays(read_shard_set(folder, PAD_ID))
 
 
 def measure(args: argparse.Namespace, result: Result) -> None:
@@ -171,8 +172,7 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     import ray
     import torch
 
-    from ablate.spec import expand_cells, load_search_space
-    from ablate.sweep import prepare_inputs, run_study, trial_templates
+    from ablate.study import cell_plans, prepare_study, run_study
 
     if args.epochs < 2:
         raise ValueError("--epochs must be at least 2 (epoch 1 is warm-up)")
@@ -186,19 +186,17 @@ def measure(args: argparse.Namespace, result: Result) -> None:
         folder = root / arch
         folder.mkdir()
         spec = study_spec(folder, arch, args.task, args.epochs, spaces)
-        cells = expand_cells(spec)
-        space = {arch: load_search_space(spec.search_space_path, arch)}
-        # The trial's own config (as the searcher builds it); prepare_inputs tokenizes here and
+        # The trial's own plan (as run_study builds it); prepare_study tokenizes here and
         # run_study then finds the shards cached, so the study below is charged no tokenizing.
         # The start-up figure therefore excludes tokenization; it is reported apart.
         tok_start = time.perf_counter()
-        inputs = prepare_inputs(spec, gue_dir(), progress=lambda _msg: None)
+        prepared = prepare_study(spec, None, progress=lambda _msg: None)
         tokenize_seconds = time.perf_counter() - tok_start
-        config = trial_templates(spec, cells, space, inputs)[cells[0].name]
-        train = load_split(config["inputs"]["splits"]["train"])
-        dev = load_split(config["inputs"]["splits"]["dev"])
+        plan = cell_plans(spec, prepared, sources={})[prepared.cells[0].name]
+        train = load_split(plan.inputs.splits["train"])
+        dev = load_split(plan.inputs.splits["dev"])
         hp = {"seed": 0, "batch_size": args.batch_size, **PINNED}
-        before, before_share = bare_loop(config, train, dev, hp, args.bare_epochs)
+        before, before_share = bare_loop(plan, train, dev, hp, args.bare_epochs)
 
         start = time.perf_counter()
         study = run_study(spec, progress=lambda _msg: None)
@@ -209,7 +207,7 @@ def measure(args: argparse.Namespace, result: Result) -> None:
         trial = trial_throughput(spec)
         hp = {k: trial[k] for k in ("seed", "batch_size", "learning_rate", "weight_decay",
                                     "dropout")}
-        after, after_share = bare_loop(config, train, dev, hp, args.bare_epochs)
+        after, after_share = bare_loop(plan, train, dev, hp, args.bare_epochs)
 
         steady = [v for step, v in sorted(trial["per_epoch"].items()) if step >= 2]
         bare = before[1:] + after[1:]

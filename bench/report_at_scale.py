@@ -7,16 +7,17 @@ of that step. Prints one line per figure and writes bench/results_report.json.
     .venv/bin/python bench/report_at_scale.py [--cells 100] [--trials 100] [--replicates 3]
 
 The study. ``--cells`` cells laid out like ``ablate.spec.expand_cells`` (task, then architecture x
-pretraining x tokenizer: 4 x 2 x 2 conditions per task, the last task partial if the count does
-not divide), each with a parent run (``ablate.stage=cell``), ``--trials`` search trials and
-``--replicates`` test replicates of its best trial, carrying the tags, params and per-epoch
-metrics ``ablate.tracking.MLflowTrialLogger`` writes: some trials pruned after the grace epoch,
-a few failed, a few replicates collapsed. Every ``mlm:small`` cell links
-(``ablate.pretrain_run_id``) to a pretraining run (``ablate.stage=pretrain``, in the
-``ablate-pretraining`` experiment, with device-hours and FLOPs), so cost-benefit and break-even
-have something to charge. Scores have a per-task level plus planted architecture, pretraining and
-tokenizer effects, so comparisons, the Friedman test, tuning curves and break-even all have data
-to work on.
+pretraining x tokenizer: 4 x 2 x 2 conditions per task, architectures in
+``ablate.models.registry.ARCHITECTURES`` order, the last task partial if the count does not
+divide), each with a parent run (``Tag.STAGE`` = ``Stage.CELL``), ``--trials`` search trials
+and ``--replicates`` test replicates of its best trial, carrying the tags (names from
+``ablate.tracking.schema``, schema version included), params and per-epoch metrics
+``ablate.tracking.writer.MLflowTrialLogger`` writes: some trials pruned after the grace epoch,
+a few failed, a few replicates collapsed. Every ``mlm:small`` cell links (``Tag.PRETRAIN_RUN_ID``)
+to a pretraining run (``Stage.PRETRAIN``, in the ``PRETRAIN_EXPERIMENT`` experiment, with
+device-hours and FLOPs), so cost-benefit and break-even have something to charge. Scores have a
+per-task level plus planted architecture, pretraining and tokenizer effects, so comparisons, the
+Friedman test, tuning curves and break-even all have data to work on.
 
 How the store is built, and why this way. Writing each run through ``MlflowClient``
 (``create_run``, ``log_batch``, ``set_terminated``) costs three SQLite transactions per run and took
@@ -54,12 +55,22 @@ from typing import Any
 
 import numpy as np
 
+from ablate.models.registry import ARCHITECTURES
 from ablate.spec import Cell
+from ablate.tracking.schema import (
+    PRETRAIN_EXPERIMENT,
+    SCHEMA_VERSION,
+    MetricName,
+    Outcome,
+    Stage,
+    Tag,
+    cell_tags,
+    tag_filter,
+)
 
 STUDY, SWEEP = "scale", "scale-1"
-PRETRAIN_EXPERIMENT = "ablate-pretraining"  # ablate.pretrain.PRETRAIN_EXPERIMENT
 DATA_TAG = "synthetic:scale=1.0,seed=0"
-ARCHITECTURES = ("convnova", "unet", "transformer", "cnn")
+VERSION = {Tag.SCHEMA_VERSION: str(SCHEMA_VERSION)}  # as the real writer tags every run
 PRETRAININGS = ("none", "mlm:small")
 TOKENIZERS = ("char", "bpe")
 MAX_EPOCHS, GRACE_EPOCHS = 3, 1
@@ -77,6 +88,9 @@ PRETRAIN_HOURS = {"convnova": 3.0, "unet": 3.5, "transformer": 6.0, "cnn": 2.0}
 
 def layout(cells: int) -> list[Cell]:
     """``cells`` distinct cells: every condition of task0, then of task1, ..., in spec order."""
+    missing = set(ARCHITECTURES) - set(ARCH_EFFECT)
+    if missing:
+        raise ValueError(f"no planted effects or costs for architectures {sorted(missing)}")
     conditions = list(itertools.product(ARCHITECTURES, PRETRAININGS, TOKENIZERS))
     return [Cell(*conditions[c % len(conditions)], f"task{c // len(conditions)}")
             for c in range(cells)]
@@ -141,7 +155,8 @@ def new_run_id(rng: np.random.Generator) -> str:
 
 def write_pretrain_runs(store: Any, cells: list[Cell], rng: np.random.Generator) -> dict:
     """One pretraining run per (architecture, tokenizer, pretraining) that a cell uses, through
-    the store API as ``ablate.pretrain`` writes it; returns (arch, tok, pretraining) -> run id."""
+    the store API, with the tags ``ablate.tracking.writer.register_pretraining`` writes; returns
+    (arch, tok, pretraining) -> run id."""
     from mlflow.entities import Metric, Param, RunStatus, RunTag
 
     experiment_id = store.create_experiment(PRETRAIN_EXPERIMENT)
@@ -154,17 +169,18 @@ def write_pretrain_runs(store: Any, cells: list[Cell], rng: np.random.Generator)
         hours = PRETRAIN_HOURS[cell.architecture] * (0.7 if cell.tokenizer == "bpe" else 1.0)
         hours *= rng.uniform(0.9, 1.1)
         start = START_MS - int(hours * 3_600_000) - 600_000
-        tags = {"ablate.stage": "pretrain", "ablate.pretrain_name": name,
-                "ablate.pretrain_key": f"{name}-{cell.architecture}-{cell.tokenizer}",
-                "ablate.architecture": cell.architecture, "ablate.tokenizer": cell.tokenizer,
-                "ablate.device_type": "cpu", "ablate.study": STUDY}
+        tags = {Tag.STAGE: Stage.PRETRAIN, Tag.PRETRAIN_NAME: name,
+                Tag.PRETRAIN_KEY: f"{name}-{cell.architecture}-{cell.tokenizer}",
+                Tag.ARCHITECTURE: cell.architecture, Tag.TOKENIZER: cell.tokenizer,
+                Tag.DEVICE_TYPE: "cpu", **VERSION, Tag.STUDY: STUDY}
         run = store.create_run(experiment_id, "unknown", start,
                                [RunTag(k, v) for k, v in tags.items()],
                                f"{name}-{cell.architecture}")
         run_id = run.info.run_id
         end = start + int(hours * 3_600_000)
-        values = {"wall_seconds": hours * 3600, "step_seconds": hours * 3600 * 0.95,
-                  "device_hours": hours, "flops": EPOCH_FLOPS[cell.architecture] * 5e3}
+        values = {MetricName.WALL_SECONDS: hours * 3600, "step_seconds": hours * 3600 * 0.95,
+                  MetricName.DEVICE_HOURS: hours,
+                  MetricName.FLOPS: EPOCH_FLOPS[cell.architecture] * 5e3}
         store.log_batch(run_id, metrics=[Metric(k, v, end, 0) for k, v in values.items()],
                         params=[Param("architecture", cell.architecture), Param("preset", name),
                                 Param("tokenizer", cell.tokenizer), Param("max_steps", "20000")],
@@ -187,11 +203,12 @@ def trial_history(
         now += int(epoch_seconds * 1000)
         wall = (now - start) / 1000
         history.append((epoch, now, {
-            "dev_mcc": dev, "best_dev_mcc": best, "dev_accuracy": 0.5 + dev / 2,
+            MetricName.DEV_MCC: dev, MetricName.BEST_DEV_MCC: best, "dev_accuracy": 0.5 + dev / 2,
             "dev_loss": 0.7 - 0.4 * dev, "train_loss": 0.75 - 0.45 * dev - 0.02 * epoch,
-            "epoch_seconds": epoch_seconds, "wall_seconds": wall,
-            "flops": EPOCH_FLOPS[cell.architecture] * epoch, "device_hours": wall / 3600,
-            "device_count": 1.0, "best_epoch": float(epoch),
+            "epoch_seconds": epoch_seconds, MetricName.WALL_SECONDS: wall,
+            MetricName.FLOPS: EPOCH_FLOPS[cell.architecture] * epoch,
+            MetricName.DEVICE_HOURS: wall / 3600, "device_count": 1.0,
+            "best_epoch": float(epoch),
         }))
     return history, now + 2_000
 
@@ -201,16 +218,17 @@ def add_cell(
     trials: int, replicates: int, pretrain_run: str | None,
 ) -> None:
     """A cell's parent run, its search trials and the replicates of its best trial."""
-    base = {"ablate.study": STUDY, "ablate.sweep": SWEEP, "ablate.data": DATA_TAG, **cell.tags()}
+    base = {Tag.STUDY: STUDY, Tag.SWEEP: SWEEP, **VERSION, Tag.DATA: DATA_TAG,
+            **cell_tags(cell)}
     if pretrain_run:
-        base["ablate.pretrain_run_id"] = pretrain_run
+        base[Tag.PRETRAIN_RUN_ID] = pretrain_run
     task_level = np.random.default_rng(int(cell.task.removeprefix("task"))).uniform(0.3, 0.5)
     quality = (task_level + rng.normal(0, 0.01) + ARCH_EFFECT[cell.architecture]
                + (PRETRAIN_EFFECT[cell.architecture] if pretrain_run else 0.0)
                + (BPE_EFFECT if cell.tokenizer == "bpe" else 0.0))
     parent, start = new_run_id(rng), START_MS + index * 1_000
-    device = {"ablate.device_type": "cpu", "ablate.node_id": f"node{index % 2}",
-              "ablate.flops_method": "analytic"}
+    device = {Tag.DEVICE_TYPE: "cpu", Tag.NODE_ID: f"node{index % 2}",
+              Tag.FLOPS_METHOD: "analytic"}
     now, best = start + 1_000, None
     for i in range(trials):
         lr, dropout = 10 ** rng.uniform(-5, -3), rng.uniform(0.0, 0.3)
@@ -221,18 +239,18 @@ def add_cell(
         final = (quality - 0.05 * (np.log10(lr) + 3.8) ** 2 - 0.1 * abs(dropout - 0.1)
                  + rng.normal(0, 0.02))
         fate = rng.uniform()
-        outcome, status, epochs = (("failed", "FAILED", int(rng.integers(0, MAX_EPOCHS)))
-                                   if fate < 0.03 else ("pruned", "FINISHED", GRACE_EPOCHS)
-                                   if fate < 0.25 else ("completed", "FINISHED", MAX_EPOCHS))
+        outcome, status, epochs = ((Outcome.FAILED, "FAILED", int(rng.integers(0, MAX_EPOCHS)))
+                                   if fate < 0.03 else (Outcome.PRUNED, "FINISHED", GRACE_EPOCHS)
+                                   if fate < 0.25 else (Outcome.COMPLETED, "FINISHED", MAX_EPOCHS))
         history, end = trial_history(rng, cell, final, epochs, now)
         trial_id = f"{index:04d}_{i:05d}"
         rows.add_run(run_id=new_run_id(rng), experiment=experiment, status=status,
                      name=f"{cell.name}#{trial_id}", start=now, end=end, params=params,
                      history=history,
-                     tags={**base, **device, "ablate.stage": "trial",
-                           "ablate.trial_id": trial_id, "mlflow.parentRunId": parent,
-                           "ablate.outcome": outcome})
-        score = history[-1][2]["best_dev_mcc"] if history else None
+                     tags={**base, **device, Tag.STAGE: Stage.TRIAL,
+                           Tag.TRIAL_ID: trial_id, Tag.PARENT_RUN: parent,
+                           Tag.OUTCOME: outcome})
+        score = history[-1][2][MetricName.BEST_DEV_MCC] if history else None
         if score is not None and (best is None or score > best[0]):
             best = (score, trial_id, params)
         now = end
@@ -243,19 +261,19 @@ def add_cell(
         if not failed:
             collapsed = rng.uniform() < 0.03
             test = rng.normal(0.0, 0.01) if collapsed else score + rng.normal(-0.01, 0.02)
-            history[-1][2]["test_mcc"] = test
+            history[-1][2][MetricName.TEST_MCC] = test
         trial_id = f"{index:04d}_r{seed}"
         rows.add_run(run_id=new_run_id(rng), experiment=experiment,
                      status="FAILED" if failed else "FINISHED",
                      name=f"{cell.name}#{trial_id}", start=now, end=end,
                      params={**params, "seed": seed}, history=history,
-                     tags={**base, **device, "ablate.stage": "replicate",
-                           "ablate.trial_id": trial_id, "mlflow.parentRunId": parent,
-                           "ablate.replicate_seed": str(seed), "ablate.source_trial": source,
-                           "ablate.outcome": "failed" if failed else "completed"})
+                     tags={**base, **device, Tag.STAGE: Stage.REPLICATE,
+                           Tag.TRIAL_ID: trial_id, Tag.PARENT_RUN: parent,
+                           Tag.REPLICATE_SEED: str(seed), Tag.SOURCE_TRIAL: source,
+                           Tag.OUTCOME: Outcome.FAILED if failed else Outcome.COMPLETED})
         now = end
     rows.add_run(run_id=parent, experiment=experiment, name=cell.name, status="FINISHED",
-                 start=start, end=now + 1_000, tags={**base, "ablate.stage": "cell"})
+                 start=start, end=now + 1_000, tags={**base, Tag.STAGE: Stage.CELL})
 
 
 def build_store(uri: str, artifacts: str, cells: int, trials: int, replicates: int,
@@ -288,36 +306,41 @@ def verify_store(uri: str, cells: int, trials: int, replicates: int) -> dict:
     def search(stage: str) -> list:
         found, token = [], None
         while True:
-            page = client.search_runs([experiment], f"tags.`ablate.stage` = '{stage}'",
+            page = client.search_runs([experiment], tag_filter(Tag.STAGE, stage),
                                       max_results=50_000, page_token=token)
             found += page
             token = page.token
             if not token:
                 return found
 
-    counts = {stage: search(stage) for stage in ("cell", "trial", "replicate")}
-    runs = counts["trial"] + counts["replicate"]
-    distinct = {run.data.tags["ablate.cell"] for run in runs}
+    counts = {stage: search(stage) for stage in (Stage.CELL, Stage.TRIAL, Stage.REPLICATE)}
+    runs = counts[Stage.TRIAL] + counts[Stage.REPLICATE]
+    distinct = {run.data.tags[Tag.CELL] for run in runs}
     problems = []
-    expected = {"cell": cells, "trial": cells * trials, "replicate": cells * replicates}
+    expected = {Stage.CELL: cells, Stage.TRIAL: cells * trials,
+                Stage.REPLICATE: cells * replicates}
     for stage, want in expected.items():
         if len(counts[stage]) != want:
             problems.append(f"{len(counts[stage])} {stage} runs, expected {want}")
     if len(distinct) != cells:
         problems.append(f"{len(distinct)} distinct cells, expected {cells}")
     # One bulk-written trial, read back whole, against an API-written (pretraining) run.
-    trial = client.get_run(counts["trial"][-1].info.run_id)
-    pre_id = next(r.data.tags.get("ablate.pretrain_run_id") for r in counts["cell"]
-                  if "ablate.pretrain_run_id" in r.data.tags)
+    trial = client.get_run(counts[Stage.TRIAL][-1].info.run_id)
+    pre_id = next(r.data.tags.get(Tag.PRETRAIN_RUN_ID) for r in counts[Stage.CELL]
+                  if Tag.PRETRAIN_RUN_ID in r.data.tags)
     pretrain = client.get_run(pre_id)
-    parent = client.get_run(trial.data.tags["mlflow.parentRunId"])
-    if parent.data.tags.get("ablate.stage") != "cell":
-        problems.append("a trial's mlflow.parentRunId is not its cell run")
-    if not {"best_dev_mcc", "dev_mcc", "wall_seconds", "flops", "device_hours"} <= set(
-            trial.data.metrics) or "max_epochs" not in trial.data.params:
+    parent = client.get_run(trial.data.tags[Tag.PARENT_RUN])
+    if parent.data.tags.get(Tag.STAGE) != Stage.CELL:
+        problems.append(f"a trial's {Tag.PARENT_RUN} is not its cell run")
+    if any(run.data.tags.get(Tag.SCHEMA_VERSION) != str(SCHEMA_VERSION)
+           for run in (trial, parent, pretrain)):
+        problems.append(f"a run lacks {Tag.SCHEMA_VERSION} = {SCHEMA_VERSION}")
+    wanted = {MetricName.BEST_DEV_MCC, MetricName.DEV_MCC, MetricName.WALL_SECONDS,
+              MetricName.FLOPS, MetricName.DEVICE_HOURS}
+    if not wanted <= set(trial.data.metrics) or "max_epochs" not in trial.data.params:
         problems.append(f"a trial run lacks metrics or params: {trial.data}")
-    history = client.get_metric_history(trial.info.run_id, "dev_mcc")
-    if trial.data.metrics["dev_mcc"] != max(history, key=lambda m: m.step).value:
+    history = client.get_metric_history(trial.info.run_id, MetricName.DEV_MCC)
+    if trial.data.metrics[MetricName.DEV_MCC] != max(history, key=lambda m: m.step).value:
         problems.append("latest_metrics does not hold the last step of dev_mcc")
     for attribute in ("user_id", "lifecycle_stage", "status"):
         if getattr(trial.info, attribute) != getattr(pretrain.info, attribute):
@@ -327,8 +350,9 @@ def verify_store(uri: str, cells: int, trials: int, replicates: int) -> dict:
         problems.append("run name or artifact URI not as MLflow's create_run writes them")
     if problems:
         raise AssertionError("store check failed: " + "; ".join(problems))
-    return {"trial_runs": len(counts["trial"]), "replicate_runs": len(counts["replicate"]),
-            "cell_runs": len(counts["cell"]), "distinct_cells": len(distinct)}
+    return {"trial_runs": len(counts[Stage.TRIAL]),
+            "replicate_runs": len(counts[Stage.REPLICATE]),
+            "cell_runs": len(counts[Stage.CELL]), "distinct_cells": len(distinct)}
 
 
 def build_and_verify(uri: str, artifacts: str, cells: int, trials: int, replicates: int) -> dict:

@@ -90,7 +90,7 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
     """One Tuner.fit over ``trials`` instant trials: wall time, trials finished, hand-off gaps."""
     from ray import tune
 
-    from ablate.search import TRIALS_SEEN, CellScheduler, CellSearcher
+    from ablate.tune_plugins import TRIALS_SEEN, CellScheduler, CellSearcher
 
     events: list[tuple[float, str]] = []
 
@@ -116,9 +116,8 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
     cells, spaces = cells_and_spaces(cells_count)
     per_cell = max(1, math.ceil(trials / cells_count))
     TRIALS_SEEN.clear()
-    searcher = TimedSearcher(cells, spaces, {c.name: {} for c in cells},
-                             trials_per_cell=per_cell, max_epochs=1, max_concurrent=concurrent,
-                             seed=0)
+    searcher = TimedSearcher(cells, spaces, trials_per_cell=per_cell, max_epochs=1,
+                             max_concurrent=concurrent, seed=0)
     scheduler = CellScheduler([c.name for c in cells], max_t=1, grace_period=1, rf=2)
     tuner = tune.Tuner(
         tune.with_resources(instant_trial, {"cpu": 1}),

@@ -119,17 +119,17 @@ def measure_curves(spec, args: argparse.Namespace, storage: str) -> tuple[dict, 
     """Train every grid configuration for real; grid key -> per-epoch (dev MCC, device-hours)."""
     from ray import tune
 
-    from ablate.search import FixedConfigs
-    from ablate.spec import expand_cells, load_search_space
-    from ablate.sweep import prepare_inputs, share_splits, trial_templates
+    from ablate.study import cell_plans, prepare_study, share_splits
     from ablate.training import train_trial
+    from ablate.trial import TrialConfig
+    from ablate.tune_plugins import FixedConfigs
 
-    cells = expand_cells(spec)
-    spaces = {ARCH: load_search_space(spec.search_space_path, ARCH)}
-    inputs = prepare_inputs(spec, gue_dir(), progress=lambda _msg: None)
-    template = trial_templates(spec, cells, spaces, inputs)[cells[0].name]
-    configs = [{**template, "cell": cells[0].name, "hparams": hp, "seed": 0,
-                "max_epochs": args.epochs, "patience": None} for hp in grid()]
+    prepared = prepare_study(spec, None, progress=lambda _msg: None)  # the spec's gue_dir
+    # The spec's budget (max_epochs = --epochs, no patience): every grid configuration trains
+    # the full --epochs.
+    plans = cell_plans(spec, prepared, sources={})
+    cell = prepared.cells[0]
+    configs = [TrialConfig(cell.name, hp, seed=0).to_tune() for hp in grid()]
     curves: dict[tuple, list[tuple[float, float]]] = {}
 
     class Curves(tune.Callback):
@@ -137,7 +137,10 @@ def measure_curves(spec, args: argparse.Namespace, storage: str) -> tuple[dict, 
             curves.setdefault(grid_key(trial.config["hparams"]), []).append(
                 (result["dev_mcc"], result["device_hours"]))
 
-    trainable = tune.with_parameters(train_trial, data=share_splits(inputs, lambda _m: None))
+    trainable = tune.with_parameters(train_trial, plans=plans,
+                                     split_arrays=share_splits(prepared.inputs,
+                                                               lambda _m: None),
+                                     model_files={})
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=FixedConfigs(configs), num_samples=-1,
@@ -150,15 +153,15 @@ def measure_curves(spec, args: argparse.Namespace, storage: str) -> tuple[dict, 
     if results.errors:
         raise RuntimeError(f"{len(results.errors)} grid trials failed: {results.errors[0]}")
     # device_hours is cumulative; keep it so, one entry per epoch.
-    return curves, cells[0]
+    return curves, cell
 
 
-def replay_trial(config: dict, curves: dict) -> None:
+def replay_trial(config: dict, curves: dict, max_epochs: int) -> None:
     """Report the measured curve of the grid point nearest this trial's hyperparameters."""
     from ray import tune
 
     best = -1.0
-    for mcc, hours in curves[grid_key(config["hparams"])][: config["max_epochs"]]:
+    for mcc, hours in curves[grid_key(config["hparams"])][:max_epochs]:
         best = max(best, mcc)
         tune.report({"best_dev_mcc": best, "dev_mcc": mcc, "device_hours": hours})
 
@@ -168,7 +171,7 @@ def search(curves: dict, cell, spaces: dict, trials: int, epochs: int, seed: int
     """One search over the measured curves; its results in order: (hours spent, best so far)."""
     from ray import tune
 
-    from ablate.search import TRIALS_SEEN, CellScheduler, CellSearcher
+    from ablate.tune_plugins import TRIALS_SEEN, CellScheduler, CellSearcher
 
     timeline: list[tuple[float, float]] = []
     last_hours: dict[str, float] = {}
@@ -182,13 +185,14 @@ def search(curves: dict, cell, spaces: dict, trials: int, epochs: int, seed: int
             timeline.append((spent, best))
 
     TRIALS_SEEN.clear()
-    searcher = CellSearcher([cell], spaces, {cell.name: {}}, trials_per_cell=trials,
-                            max_epochs=epochs, max_concurrent=1, seed=seed,
+    searcher = CellSearcher([cell], spaces, trials_per_cell=trials, max_epochs=epochs,
+                            max_concurrent=1, seed=seed,
                             startup_trials=trials if random_search else None)
     scheduler = CellScheduler([cell.name], max_t=epochs,
                               grace_period=epochs if random_search else 1, rf=2)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(replay_trial, curves=curves), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(replay_trial, curves=curves,
+                                                 max_epochs=epochs), {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=f"replay-{'random' if random_search else 'tpe'}-{seed}-"
@@ -209,8 +213,8 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     import ray
     from scipy.stats import spearmanr
 
+    from ablate.ray_session import start_ray
     from ablate.spec import load_search_space
-    from ablate.sweep import start_local_ray
 
     result.note(f"{ARCH} tiny, char tokens, on {', '.join(args.tasks)} (real GUE); grid of "
                 f"{len(grid())} configurations trained for {args.epochs} epochs each, then "
@@ -219,7 +223,7 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     root = Path(tempfile.mkdtemp(prefix="search-"))
     spaces_dir = write_space(root / "spaces")
     storage = str(root / "tune")
-    start_local_ray(None, cpus=args.concurrent + 1)
+    start_ray(None, cpus=args.concurrent + 1)
     ratios, missed_all = [], 0
     try:
         for task in args.tasks:

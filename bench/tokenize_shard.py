@@ -61,7 +61,7 @@ def breakdown(tokenizer, splits) -> dict[str, float]:
     """Where write_shards' time goes: its steps, timed one by one, serially (once)."""
     import pyarrow.parquet as pq
 
-    from ablate.shards import _token_table
+    from ablate.shards import token_table
 
     parts = {"encode": 0.0, "ids_to_arrow": 0.0, "parquet": 0.0}
     folder = Path(tempfile.mkdtemp(prefix="parts-"))
@@ -69,7 +69,7 @@ def breakdown(tokenizer, splits) -> dict[str, float]:
         t0 = time.perf_counter()
         encodings = tokenizer.encode_batch_fast(sequences)
         t1 = time.perf_counter()
-        table, _ = _token_table(encodings, labels)
+        table, _ = token_table(encodings, labels)
         t2 = time.perf_counter()
         pq.write_table(table, folder / f"part-{n}.parquet")
         t3 = time.perf_counter()
