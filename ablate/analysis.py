@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ablate.models.registry import CONVOLUTIONAL
-from ablate.tracking.reader import client_for, latest_sweep, runs
+from ablate.tracking.reader import client_for
+from ablate.tracking.reader import latest_sweep as latest_sweep  # re-exported for notebooks
+from ablate.tracking.reader import runs as runs  # re-exported for notebooks
 from ablate.tracking.schema import (
     MetricName,
     Outcome,
@@ -29,8 +31,6 @@ from ablate.tracking.schema import (
     param_column,
     tag_column,
 )
-
-__all__ = ["latest_sweep", "runs"]
 
 AXES = ["architecture", "pretraining", "tokenizer"]
 CELL_COLUMNS = [*AXES, "task"]

@@ -31,9 +31,7 @@ import numpy as np
 
 from ablate.errors import AblateError
 from ablate.spec import PretrainRecipe
-from ablate.tracking.schema import MODEL_ARTIFACT, PRETRAIN_EXPERIMENT, MetricName, Tag
-
-__all__ = ["PRETRAIN_EXPERIMENT", "PretrainJob", "PretrainResult", "run_pretraining"]
+from ablate.tracking.schema import MODEL_ARTIFACT, MetricName, Tag
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ablate.errors import AblateError
 from ablate.models.registry import ARCHITECTURES
@@ -217,6 +225,7 @@ class StudySpec(_Strict):
     external_checkpoints: dict[str, ExternalCheckpoint] = Field(default_factory=dict)
     search_space_dir: str | None = None
     work_dir: str = ".ablate"
+    _tokenizer_choices: dict[str, TokenizerChoice] | None = PrivateAttr(default=None)
     # Set by load_study: the folder relative paths are resolved against (the current one).
     base_dir: str = "."
 
@@ -252,12 +261,17 @@ class StudySpec(_Strict):
         return self
 
     def tokenizer_choices(self) -> dict[str, TokenizerChoice]:
-        """Each value of the tokenizer axis, parsed (``parse_study`` has checked them)."""
-        from ablate.tokenization import parse_tokenizer_choice
+        """Each value of the tokenizer axis, parsed once (by ``parse_study``, which reports a
+        bad value) and kept: axis value -> ``TokenizerChoice``."""
+        if self._tokenizer_choices is None:
+            from ablate.tokenization import parse_tokenizer_choice
 
-        return {value: parse_tokenizer_choice(value, default_k=self.tokenizers.kmer_k,
+            self._tokenizer_choices = {
+                value: parse_tokenizer_choice(value, default_k=self.tokenizers.kmer_k,
                                               base_dir=Path(self.base_dir))
-                for value in self.axes.tokenizer}
+                for value in self.axes.tokenizer
+            }
+        return self._tokenizer_choices
 
     def path(self, value: str) -> Path:
         """Resolve a path from the spec: expand ``${VAR}`` and ``~``; relative to ``base_dir``."""

@@ -89,7 +89,7 @@ class CellPlan:
     patience: int | None = None
 
 
-Stage = Literal["trial", "replicate"]
+TrialStage = Literal["trial", "replicate"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class TrialConfig:
     cell: str
     hparams: dict[str, Any]
     seed: int
-    stage: Stage = "trial"
+    stage: TrialStage = "trial"
     optuna_trial: int | None = None
     source_trial: str | None = None
     model_params: dict[str, Any] = field(default_factory=dict)

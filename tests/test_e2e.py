@@ -225,7 +225,7 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     """`pretraining: [none, mlm:small]`: one pretraining run, reused, linked from its cell."""
     from mlflow import MlflowClient
 
-    from ablate.pretrain import PRETRAIN_EXPERIMENT
+    from ablate.tracking.schema import PRETRAIN_EXPERIMENT
 
     spec = write_spec(
         tmp_path,

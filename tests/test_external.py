@@ -47,7 +47,7 @@ def test_study_with_external_checkpoint(tmp_path, dnabert2_tokenizer_path):
     from mlflow import MlflowClient
 
     from ablate.analysis import latest_sweep, trials
-    from ablate.pretrain import PRETRAIN_EXPERIMENT
+    from ablate.tracking.schema import PRETRAIN_EXPERIMENT
     from tests.test_e2e import ablate, write_spec
 
     folder = make_checkpoint(tmp_path / "tiny-bert", dnabert2_tokenizer_path)

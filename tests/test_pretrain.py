@@ -109,7 +109,7 @@ def test_pretraining_lowers_masked_lm_loss_and_is_reused(tmp_path, real_gue):
     from ablate.data.gue import read_split
     from ablate.models.io import load_model
     from ablate.models.registry import build_mlm
-    from ablate.pretrain import PRETRAIN_EXPERIMENT
+    from ablate.tracking.schema import PRETRAIN_EXPERIMENT
 
     spec = pretrain_spec(tmp_path, real_gue)
     first = run_cli(["pretrain", str(spec)], cwd=tmp_path)
@@ -147,7 +147,7 @@ def test_pretraining_lowers_masked_lm_loss_and_is_reused(tmp_path, real_gue):
 def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
     from mlflow import MlflowClient
 
-    from ablate.pretrain import PRETRAIN_EXPERIMENT
+    from ablate.tracking.schema import PRETRAIN_EXPERIMENT
 
     spec = pretrain_spec(tmp_path, real_gue, max_steps=400, checkpoint_every=10,
                          learning_rate=1e-3)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from ablate.errors import AblateError
@@ -114,13 +115,16 @@ def test_logger_logs_every_numeric_field_but_tunes_own(tmp_path):
                             last_result={"training_iteration": 2, "finished": 1})
     logger.on_trial_start(0, [], trial)
     result = {"training_iteration": 1, "dev_mcc": 0.3, "a_metric_no_list_names": 4.5,
+              "numpy_count": np.int64(7), "numpy_share": np.float32(0.25),
               "finished": 0, "device_name": "cpu", "time_this_iter_s": 1.2, "time_total_s": 3.0,
               "timestamp": 1_700_000_000, "pid": 123, "done": False, "trial_id": "t1",
               "config": {"cell": CELL.name}, "iterations_since_restore": 1}
     logger.on_trial_result(0, [], trial, result)
     logger.on_trial_complete(0, [], trial)
     (run,) = client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL))
-    assert set(run.data.metrics) == {"dev_mcc", "a_metric_no_list_names", "finished"}
+    assert set(run.data.metrics) == {"dev_mcc", "a_metric_no_list_names", "finished",
+                                     "numpy_count", "numpy_share"}
+    assert run.data.metrics["numpy_count"] == 7.0
     assert run.data.tags[Tag.DEVICE_NAME] == "cpu"
     assert run.data.tags[Tag.OUTCOME] == Outcome.COMPLETED
     assert run.data.tags[Tag.SCHEMA_VERSION] == str(SCHEMA_VERSION)
@@ -186,3 +190,41 @@ def test_resume_refuses_a_sweep_of_an_older_schema(tmp_path):
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     assert "old-1" in run.stderr and "cannot be resumed" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_trial_builds_from_its_plan_without_the_drivers_files(tmp_path):
+    """Tokenizer, shard folders and pretrained weights are named in the plan but never opened
+    by the trial: splits and model files arrive as values (the object store), as on a worker
+    node that cannot see the driver's disk."""
+    import shutil
+
+    import torch
+
+    from ablate.models.io import save_model
+    from ablate.models.registry import build_mlm
+    from ablate.shards import SplitArrays
+    from ablate.training import build_model, load_splits
+
+    cell = Cell("convnova", "mlm:tiny", "char", "tf/0")
+    folder = tmp_path / "pretrained"
+    encoder_source = build_mlm("convnova", preset="tiny", vocab_size=10, max_len=102,
+                               complement_ids=list(range(10)))
+    save_model(encoder_source, folder)
+    model_files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    shutil.rmtree(folder)  # only the bytes remain, as in the object store
+    plan = plan_for(cell, ModelSource("mlm", run_id="r1", weights_key="k1"))
+    plan = CellPlan(**{**plan.__dict__, "model": ModelPlan("convnova", "tiny", {}, 102)})
+    assert not Path(plan.inputs.tokenizer_path).exists()
+    assert not any(Path(f).exists() for f in plan.inputs.splits.values())
+    rows = np.full((6, 12), 3, dtype=np.int32)
+    rows[:, :8] = 5 + np.arange(8) % 4
+    arrays = SplitArrays(rows, np.full(6, 8, dtype=np.int32), np.array([0, 1] * 3))
+    config = TrialConfig(cell.name, {"dropout": 0.0}, seed=0)
+    splits = load_splits(plan, config, {f: arrays for f in plan.inputs.splits.values()},
+                         torch.device("cpu"))
+    model = build_model(plan, config, {"k1": model_files}).eval()
+    for name, tensor in encoder_source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[name], tensor)
+    with torch.no_grad():
+        logits = model(splits["train"].input_ids, splits["train"].attention_mask)
+    assert logits.shape == (6, 2)

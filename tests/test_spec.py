@@ -55,6 +55,10 @@ def test_issue_example_spec_parses_and_expands(tmp_path, monkeypatch):
     assert len(cells) == 4
     assert cells[0].name == "convnova|none|char|prom/prom_core_tata"
     assert cell_tags(cells[0])[Tag.TASK] == "prom/prom_core_tata"
+    # The tokenizer axis is parsed once, when the spec is read, and the typed values are kept.
+    choices = spec.tokenizer_choices()
+    assert choices is spec.tokenizer_choices()
+    assert [(c.kind, c.value) for c in choices.values()] == [("char", "char"), ("bpe", "bpe")]
 
 
 @pytest.mark.parametrize(

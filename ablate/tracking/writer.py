@@ -9,6 +9,7 @@ embedded SQLite file, and the same code works against a remote tracking server.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ TUNE_FIELDS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHO
 def logged_metrics(result: dict) -> dict[str, float]:
     """The numeric fields of a trial's result that are logged to MLflow."""
     return {key: float(value) for key, value in result.items()
-            if key not in TUNE_FIELDS and isinstance(value, int | float)
+            if key not in TUNE_FIELDS and isinstance(value, numbers.Real)  # numpy scalars too
             and not isinstance(value, bool)}
 
 
