@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,8 +88,10 @@ class AxesSpec(_Strict):
 
     @field_validator("architecture")
     @classmethod
-    def _known_architectures(cls, values: list[str]) -> list[str]:
-        return _check_allowed(values, ARCHITECTURES)
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("a value is listed more than once")
+        return values
 
     @field_validator("pretraining")
     @classmethod
@@ -109,6 +111,10 @@ class AxesSpec(_Strict):
 class BudgetSpec(_Strict):
     trials_per_cell: int = Field(ge=1, description="Optuna trials every cell gets")
     max_epochs: int = Field(ge=1, description="the most epochs any trial trains (max fidelity)")
+    max_epochs_by_task: dict[str, int] = Field(
+        default_factory=dict, description="max_epochs for particular tasks (the same for every "
+        "cell of a task), e.g. {prom/prom_core_tata: 10}"
+    )
     concurrent_trials: int = Field(2, ge=1, description="trials running at once, all cells")
     grace_epochs: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/rf of trials per rung")
@@ -125,14 +131,26 @@ class BudgetSpec(_Strict):
 
     @model_validator(mode="after")
     def _grace_within_max(self) -> BudgetSpec:
-        if self.grace_epochs > self.max_epochs:
-            raise ValueError("budget.grace_epochs must not exceed budget.max_epochs")
+        for task, epochs in {"": self.max_epochs, **self.max_epochs_by_task}.items():
+            where = f"max_epochs_by_task[{task}]" if task else "max_epochs"
+            if epochs < 1:
+                raise ValueError(f"budget.{where} must be at least 1")
+            if self.grace_epochs > epochs:
+                raise ValueError(f"budget.grace_epochs must not exceed budget.{where}")
         return self
+
+    def epochs_for(self, task: str) -> int:
+        """The epoch budget of every cell of ``task``."""
+        return self.max_epochs_by_task.get(task, self.max_epochs)
 
 
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
     gpu: float = Field(0.0, ge=0, description="GPUs (or a fraction) per trial")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="the largest batch one forward/backward pass takes; a larger "
+        "searched batch (always the global batch) accumulates gradients over micro-batches"
+    )
 
 
 class TokenizerOptions(_Strict):
@@ -156,8 +174,9 @@ class TrackingSpec(_Strict):
 class CorpusSpec(_Strict):
     """What masked-LM pretraining reads: GUE train splits, or windows sampled from FASTA files."""
 
-    gue_tasks: list[str] | None = Field(
-        None, description="train splits of these GUE datasets (default in a study: its tasks)"
+    gue_tasks: list[str] | Literal["self"] | None = Field(
+        None, description="train splits of these GUE datasets (default in a study: its tasks); "
+        "'self': each task pretrains on its own train split only (self-pretraining)"
     )
     fasta: list[str] | None = Field(None, description="FASTA files (plain or bgzip)")
     window_bp: int = Field(512, ge=8, description="length of each sampled FASTA window")
@@ -167,7 +186,7 @@ class CorpusSpec(_Strict):
     def _one_corpus(self) -> CorpusSpec:
         if self.gue_tasks is not None and self.fasta is not None:
             raise ValueError("give gue_tasks or fasta, not both")
-        if self.gue_tasks is not None:
+        if isinstance(self.gue_tasks, list):
             DataSpec._known_tasks(self.gue_tasks)
         return self
 
@@ -192,14 +211,64 @@ class PretrainRecipe(_Strict):
 class ExternalCheckpoint(_Strict):
     """A checkpoint pretrained elsewhere (e.g. a local copy of DNABERT-2), with its cost.
 
-    Its cells use the ``transformer`` architecture slot and only ``tokenizer`` (an axis value
-    that must also be on the study's tokenizer axis, e.g. ``bpe:/models/DNABERT-2``).
+    A checkpoint is an architecture of its own: its name goes on ``axes.architecture`` and
+    ``external:<name>`` on ``axes.pretraining``. Its two cells per task are the checkpoint
+    (``<name>|external:<name>|...``) and its from-scratch twin (``<name>|none|...``: the same
+    config, head and pooling with random weights), both with the checkpoint's own tokenizer
+    (an axis value that must also be on the tokenizer axis, e.g. ``bpe:/models/DNABERT-2``).
     """
 
-    path: str = Field(description="local folder loadable by transformers' AutoModel")
+    path: str = Field(description="local folder: config.json, weights (pytorch_model.bin or "
+                      "model.safetensors), remote code if any")
     tokenizer: str = Field(description="its tokenizer, as an axis value (bpe:PATH)")
     device_hours: float = Field(ge=0, description="declared pretraining cost")
     trust_remote_code: bool = False
+    search_space: str = Field("transformer", description="the search space file both of its "
+                              "cells are searched with (search_spaces/<name>.yaml)")
+
+
+class CellPattern(_Strict):
+    """The cells one side of a contrast takes: glob patterns (``fnmatch``) on the axis values,
+    and optionally the architecture's family and whether the cell is pretrained."""
+
+    architecture: str = "*"
+    pretraining: str = "*"
+    tokenizer: str = "*"
+    family: Literal["transformer", "convolutional", "baseline"] | None = None
+    pretrained: bool | None = None
+
+    def matches(self, *, architecture: str, pretraining: str, tokenizer: str,
+                family: str | None = None) -> bool:
+        from fnmatch import fnmatchcase
+
+        return (fnmatchcase(architecture, self.architecture)
+                and fnmatchcase(pretraining, self.pretraining)
+                and fnmatchcase(tokenizer, self.tokenizer)
+                and (self.family is None or family == self.family)
+                and (self.pretrained is None or self.pretrained == (pretraining != "none")))
+
+
+class Contrast(_Strict):
+    """A comparison between cell patterns that may vary several axes at once, per task.
+
+    Every treatment cell of a task is compared with the control side of that task: with
+    ``control_choice: best`` the one control cell with the best dev score (chosen on dev, so
+    test stays untouched by the choice), with ``each`` every control cell in turn.
+    """
+
+    name: str = Field(min_length=1)
+    treatment: CellPattern
+    control: CellPattern
+    control_choice: Literal["best", "each"] = "best"
+
+
+# The contrast the study exists for (computed in every report): each pretrained transformer,
+# with its own tokenizer, against the best convolutional model from scratch on the same task.
+HEADLINE_CONTRAST = Contrast(
+    name="pretrained transformer vs best convolutional model from scratch",
+    treatment=CellPattern(family="transformer", pretrained=True),
+    control=CellPattern(family="convolutional", pretrained=False),
+)
 
 
 class StudySpec(_Strict):
@@ -223,17 +292,32 @@ class StudySpec(_Strict):
     models: dict[str, ModelChoice] = Field(default_factory=dict)
     pretrain_specs: dict[str, PretrainRecipe] = Field(default_factory=dict)
     external_checkpoints: dict[str, ExternalCheckpoint] = Field(default_factory=dict)
+    contrasts: list[Contrast] = Field(
+        default_factory=list,
+        description="further comparisons between cell patterns (the headline contrast, "
+        "HEADLINE_CONTRAST, is always reported)",
+    )
     search_space_dir: str | None = None
     work_dir: str = ".ablate"
     _tokenizer_choices: dict[str, TokenizerChoice] | None = PrivateAttr(default=None)
     # Set by load_study: the folder relative paths are resolved against (the current one).
     base_dir: str = "."
 
-    @field_validator("models")
-    @classmethod
-    def _known_model_keys(cls, value: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
-        _check_allowed(list(value), ARCHITECTURES)
-        return value
+    @model_validator(mode="after")
+    def _architectures_known(self) -> StudySpec:
+        clash = sorted(set(self.external_checkpoints) & set(ARCHITECTURES))
+        if clash:
+            raise ValueError(f"external_checkpoints {clash}: a checkpoint needs a name other "
+                             f"than the built-in architectures {list(ARCHITECTURES)}")
+        allowed = (*ARCHITECTURES, *self.external_checkpoints)
+        unknown = [a for a in self.axes.architecture if a not in allowed]
+        if unknown:
+            raise ValueError(f"axes.architecture: unknown value(s) {unknown}; allowed: "
+                             f"{list(ARCHITECTURES)} or a name of external_checkpoints")
+        if "kmer" in self.axes.architecture and "char" not in self.axes.tokenizer:
+            raise ValueError("axes.architecture: kmer counts k-mers of single-nucleotide "
+                             "tokens; add char to axes.tokenizer (its cells use char only)")
+        return self
 
     @model_validator(mode="after")
     def _pretraining_defined(self) -> StudySpec:
@@ -247,10 +331,12 @@ class StudySpec(_Strict):
                     f"(defined: {sorted(table) or 'none'})"
                 )
             if kind == "external":
-                if "transformer" not in self.axes.architecture:
+                if name not in self.axes.architecture:
                     raise ValueError(
-                        f"axes.pretraining {value!r}: external checkpoints take the "
-                        "'transformer' slot; add transformer to axes.architecture"
+                        f"axes.pretraining {value!r}: an external checkpoint is an architecture "
+                        f"of its own, compared with its own config at random init; add {name!r} "
+                        "to axes.architecture (ablate's transformer is a different model, not "
+                        "its from-scratch twin)"
                     )
                 if self.external_checkpoints[name].tokenizer not in self.axes.tokenizer:
                     raise ValueError(
@@ -258,6 +344,17 @@ class StudySpec(_Strict):
                         f"{self.external_checkpoints[name].tokenizer!r} must also be on "
                         "axes.tokenizer"
                     )
+        for name in self.models:
+            if name in self.external_checkpoints:
+                raise ValueError(f"models.{name}: an external checkpoint's size is its config; "
+                                 "it takes no preset or overrides")
+            if name not in ARCHITECTURES:
+                raise ValueError(f"models: unknown architecture {name!r}; allowed: "
+                                 f"{list(ARCHITECTURES)}")
+        for task in self.budget.max_epochs_by_task:
+            if task not in self.data.tasks:
+                raise ValueError(f"budget.max_epochs_by_task: {task!r} is not one of data.tasks "
+                                 f"{self.data.tasks}")
         return self
 
     def tokenizer_choices(self) -> dict[str, TokenizerChoice]:
@@ -410,6 +507,10 @@ class Cell:
     pretraining: str
     tokenizer: str
     task: str
+    # Which side of question 1 the architecture is on (a ``Family`` value of the tracking
+    # schema), and the external checkpoint both arms of an external architecture come from.
+    family: str = field(default="", compare=False)
+    checkpoint: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
@@ -419,21 +520,47 @@ class Cell:
 def expand_cells(spec: StudySpec) -> list[Cell]:
     """The study's cells in a stable order: task, then architecture, pretraining, tokenizer.
 
-    An external checkpoint brings its own architecture and tokenizer, so its cells exist only
-    in the ``transformer`` slot with that tokenizer.
+    Every cell's ``none`` partner is the same model freshly initialised:
+
+    - an external checkpoint is an architecture of its own; its cells are ``external:<name>``
+      (the checkpoint) and ``none`` (its config at random init), with its own tokenizer only;
+    - a built-in architecture takes ``none`` and every ``mlm:`` value (pretrained by ablate
+      with the cell's own model and tokenizer), never another checkpoint's ``external:``;
+    - the k-mer baseline counts k-mers of single nucleotides: ``char`` and ``none`` only.
     """
     cells = []
     for task in spec.data.tasks:
         for arch in spec.axes.architecture:
             for pre in spec.axes.pretraining:
                 for tok in spec.axes.tokenizer:
-                    kind, _, name = pre.partition(":")
-                    if kind == "external" and (
-                        arch != "transformer" or tok != spec.external_checkpoints[name].tokenizer
-                    ):
-                        continue
-                    cells.append(Cell(arch, pre, tok, task))
+                    if _is_cell(spec, arch, pre, tok):
+                        cells.append(Cell(arch, pre, tok, task, family_of(spec, arch),
+                                          arch if arch in spec.external_checkpoints else ""))
     return cells
+
+
+def family_of(spec: StudySpec, architecture: str) -> str:
+    """``transformer``, ``convolutional`` or ``baseline`` (the k-mer floor); an external
+    checkpoint is a transformer."""
+    from ablate.models import registry
+
+    if architecture in getattr(registry, "BASELINES", ("kmer",)):
+        return "baseline"
+    if architecture in registry.CONVOLUTIONAL:
+        return "convolutional"
+    return "transformer"
+
+
+def _is_cell(spec: StudySpec, arch: str, pre: str, tok: str) -> bool:
+    kind, _, name = pre.partition(":")
+    external = spec.external_checkpoints.get(arch)
+    if external is not None:
+        return tok == external.tokenizer and (kind == "none" or pre == f"external:{arch}")
+    if kind == "external":
+        return False
+    if arch == "kmer":
+        return tok == "char" and kind == "none"
+    return True
 
 
 # --- search spaces -------------------------------------------------------------------------
@@ -461,15 +588,23 @@ class ParamSpec(_Strict):
         return self
 
 
-TRAINING_PARAMS = ("learning_rate", "weight_decay", "dropout", "warmup_ratio", "batch_size")
+# The training hyperparameters a search space may search (see ``ablate.training``):
+# ``batch_size`` is the global batch (reached by gradient accumulation where a micro-batch limit
+# applies), ``schedule`` is "linear" or "cosine" decay after warm-up, and warm-up is given as
+# ``warmup_steps`` (optimizer steps; wins if both are searched) or ``warmup_ratio``.
+TRAINING_PARAMS = ("learning_rate", "weight_decay", "dropout", "warmup_ratio", "warmup_steps",
+                   "batch_size", "schedule")
 
 
 class SearchSpace(_Strict):
-    """``search_spaces/<architecture>.yaml``: the model preset and the nuisance ranges."""
+    """``search_spaces/<architecture>.yaml``: the model preset, the nuisance ranges and any
+    searched model hyperparameters (``model_params``: config fields of the architecture, such
+    as the k-mer model's ``k``, passed to the model as overrides)."""
 
     architecture: str
     preset: str
     params: dict[str, ParamSpec]
+    model_params: dict[str, ParamSpec] = Field(default_factory=dict)
 
     @field_validator("params")
     @classmethod
@@ -479,9 +614,19 @@ class SearchSpace(_Strict):
             raise ValueError(f"unknown parameter(s) {unknown}; allowed: {list(TRAINING_PARAMS)}")
         return params
 
+    @model_validator(mode="after")
+    def _names_apart(self) -> SearchSpace:
+        both = sorted(set(self.params) & set(self.model_params))
+        if both:
+            raise ValueError(f"{both} listed under both params and model_params")
+        return self
 
-def load_search_space(directory: Path, architecture: str) -> SearchSpace:
-    path = Path(directory) / f"{architecture}.yaml"
+
+def load_search_space(directory: Path, architecture: str,
+                      file_name: str | None = None) -> SearchSpace:
+    """``<directory>/<file_name or architecture>.yaml``, checked to be ``architecture``'s (an
+    external checkpoint's cells use another architecture's file, ``file_name``)."""
+    path = Path(directory) / f"{file_name or architecture}.yaml"
     if not path.is_file():
         raise AblateError(
             f"{path}: search space for architecture {architecture!r} not found; "
@@ -494,6 +639,8 @@ def load_search_space(directory: Path, architecture: str) -> SearchSpace:
         raise AblateError(f"{path}: not valid YAML ({exc})") from None
     except ValidationError as exc:
         raise AblateError(_format_validation_error(str(path), exc)) from None
+    if file_name is not None:
+        return space
     if space.architecture != architecture:
         raise AblateError(
             f"{path}: architecture is {space.architecture!r}, expected {architecture!r}"

@@ -142,6 +142,10 @@ def model_plans(spec: StudySpec, cells: list[Cell], spaces: dict[str, SearchSpac
     limits = token_limits(spec, inputs)
     plans = {}
     for cell in cells:
+        if cell.checkpoint:  # its size is its config
+            plans[cell.name] = ModelPlan(architecture=cell.architecture, preset="checkpoint",
+                                         token_limit=limits[cell.tokenizer])
+            continue
         choice = spec.models.get(cell.architecture)
         preset = (choice.preset if choice and choice.preset else None) or spaces[
             cell.architecture].preset
@@ -159,8 +163,11 @@ def prepare_study(spec: StudySpec, gue_dir: str | None,
     from ablate.spec import load_search_space
 
     cells = expand_cells(spec)
-    spaces = {arch: load_search_space(spec.search_space_path, arch)
-              for arch in spec.axes.architecture}
+    spaces = {}
+    for arch in spec.axes.architecture:
+        external = spec.external_checkpoints.get(arch)
+        spaces[arch] = load_search_space(spec.search_space_path, arch,
+                                         external.search_space if external else None)
     gue_root = resolve_gue_dir(spec, gue_dir)
     inputs = prepare_inputs(spec, gue_root, progress)
     data_tag = (
@@ -168,17 +175,54 @@ def prepare_study(spec: StudySpec, gue_dir: str | None,
         if gue_dir is not None or spec.data.synthetic is None
         else f"synthetic:scale={spec.data.synthetic.scale:g},seed={spec.data.synthetic.seed}"
     )
-    return PreparedStudy(cells, spaces, gue_root, inputs, model_plans(spec, cells, spaces, inputs),
-                         data_tag)
+    models = model_plans(spec, cells, spaces, inputs)
+    check_like_for_like(cells, models)
+    return PreparedStudy(cells, spaces, gue_root, inputs, models, data_tag)
 
 
-def _study_recipe(spec: StudySpec, name: str) -> Any:
-    """A study's ``pretrain_specs`` entry with its corpus resolved: the study's tasks' train
-    splits by default, FASTA paths made absolute."""
+def pretraining_partner(cell: Cell) -> Cell:
+    """The cell a pretrained cell is compared with: the same model from scratch."""
+    return Cell(cell.architecture, "none", cell.tokenizer, cell.task, cell.family,
+                cell.checkpoint)
+
+
+def check_like_for_like(cells: list[Cell], models: dict[str, ModelPlan]) -> None:
+    """Refuse a study whose pretraining comparisons would not be like for like.
+
+    A pretrained cell and its ``none`` partner must train the same model (architecture, preset,
+    overrides, token limit), searched over the same ranges (their architecture's); they differ
+    only in where the weights start. Raised before Ray starts, naming the cells.
+    """
+    names = {cell.name for cell in cells}
+    bad = []
+    for cell in cells:
+        partner = pretraining_partner(cell)
+        if cell.pretraining == "none" or partner.name not in names:
+            continue
+        if models[cell.name] != models[partner.name]:
+            bad.append(f"{cell.name} ({models[cell.name]}) vs {partner.name} "
+                       f"({models[partner.name]})")
+    if bad:
+        raise AblateError(
+            "these pretraining comparisons would compare different models; a pretrained cell "
+            "and its 'none' partner must be the same architecture and size:\n  "
+            + "\n  ".join(bad)
+        )
+
+
+def _study_recipe(spec: StudySpec, name: str, task: str) -> Any:
+    """A study's ``pretrain_specs`` entry with its corpus resolved for a cell of ``task``: the
+    study's tasks' train splits by default, ``task``'s own with ``gue_tasks: self``, FASTA paths
+    made absolute."""
     recipe = spec.pretrain_specs[name]
-    if recipe.corpus.gue_tasks is None and recipe.corpus.fasta is None:
+    corpus_tasks = recipe.corpus.gue_tasks
+    if corpus_tasks == "self":
+        corpus_tasks = [task]
+    elif corpus_tasks is None and recipe.corpus.fasta is None:
+        corpus_tasks = list(spec.data.tasks)
+    if corpus_tasks is not None:
         recipe = recipe.model_copy(
-            update={"corpus": recipe.corpus.model_copy(update={"gue_tasks": spec.data.tasks})}
+            update={"corpus": recipe.corpus.model_copy(update={"gue_tasks": corpus_tasks})}
         )
     if recipe.corpus.fasta:
         fasta = [str(spec.path(p)) for p in recipe.corpus.fasta]
@@ -195,31 +239,37 @@ def _model_files(folder: Path) -> Any:
     return ray.put({p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()})
 
 
-def _register_externals(spec: StudySpec, cells: list[Cell], tracking_uri: str,
-                        model_files: dict[str, Any], progress: Callable[[str], None]
-                        ) -> dict[str, ModelSource]:
-    """Register each external checkpoint the cells use (once) and share its files."""
+def _external_sources(spec: StudySpec, cells: list[Cell], tracking_uri: str,
+                      model_files: dict[str, Any], progress: Callable[[str], None]
+                      ) -> dict[str, ModelSource]:
+    """Both arms of each external checkpoint: the checkpoint (registered once with its
+    declared cost) and its config at random init. The folder's files are shared once."""
     from ablate.pretrain import register_external
     from ablate.tracking.schema import Tag
 
     sources: dict[str, ModelSource] = {}
-    registered: dict[str, ModelSource] = {}
+    registered: dict[str, str] = {}
     for cell in cells:
-        kind, _, name = cell.pretraining.partition(":")
-        if kind != "external":
+        name = cell.checkpoint
+        if not name:
             continue
         external = spec.external_checkpoints[name]
+        folder = spec.path(external.path)
+        if name not in model_files:
+            model_files[name] = _model_files(folder)
+        if cell.pretraining == "none":
+            sources[cell.name] = ModelSource("external-config", weights_key=name,
+                                             trust_remote_code=external.trust_remote_code)
+            continue
         if name not in registered:
-            folder = spec.path(external.path)
             result = register_external(
                 name, folder, device_hours=external.device_hours, tracking_uri=tracking_uri,
                 extra_tags={Tag.STUDY: spec.name},
             )
-            model_files[name] = _model_files(folder)
             progress(f"external checkpoint {name}: run {result.run_id}")
-            registered[name] = ModelSource("external", result.run_id, weights_key=name,
-                                           trust_remote_code=external.trust_remote_code)
-        sources[cell.name] = registered[name]
+            registered[name] = result.run_id
+        sources[cell.name] = ModelSource("external", registered[name], weights_key=name,
+                                         trust_remote_code=external.trust_remote_code)
     return sources
 
 
@@ -247,7 +297,7 @@ def pretrain_for_study(
             continue
         model = prepared.models[cell.name]
         job = PretrainJob(
-            name=name, recipe=_study_recipe(spec, name), architecture=cell.architecture,
+            name=name, recipe=_study_recipe(spec, name, cell.task), architecture=cell.architecture,
             preset=model.preset, overrides=dict(model.overrides), tokenizer_value=cell.tokenizer,
             tokenizer_path=prepared.inputs[(cell.task, cell.tokenizer)].tokenizer_path,
             gue_dir=str(prepared.gue_root), token_limit=model.token_limit,
@@ -256,7 +306,7 @@ def pretrain_for_study(
         job_of_cell[cell.name] = job.key
 
     model_files: dict[str, Any] = {}
-    sources = _register_externals(spec, prepared.cells, tracking_uri, model_files, progress)
+    sources = _external_sources(spec, prepared.cells, tracking_uri, model_files, progress)
     for key, job in jobs.items():
         result = run_pretraining(
             job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
@@ -272,6 +322,8 @@ def pretrain_for_study(
 def cell_plans(spec: StudySpec, prepared: PreparedStudy,
                sources: dict[str, ModelSource]) -> dict[str, CellPlan]:
     """The one place a cell's fixed trial context is built: cell name -> ``CellPlan``."""
+    from ablate.data.gue import get_dataset
+
     resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu)
     return {
         cell.name: CellPlan(
@@ -281,11 +333,18 @@ def cell_plans(spec: StudySpec, prepared: PreparedStudy,
             source=sources.get(cell.name, ModelSource()),
             resources=resources,
             prices=dict(spec.prices),
-            max_epochs=spec.budget.max_epochs,
+            max_epochs=spec.budget.epochs_for(cell.task),
             patience=spec.budget.patience,
+            metric=get_dataset(cell.task).metric,
+            micro_batch_size=spec.resources.micro_batch_size,
         )
         for cell in prepared.cells
     }
+
+
+def cell_epochs(spec: StudySpec, cells: list[Cell]) -> dict[str, int]:
+    """Each cell's epoch budget (its task's)."""
+    return {cell.name: spec.budget.epochs_for(cell.task) for cell in cells}
 
 
 def share_splits(
@@ -364,9 +423,21 @@ def open_sweep(spec: StudySpec, prepared: PreparedStudy, tracking_uri: str, resu
     else:
         sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     extra_tags = {Tag.DATA: prepared.data_tag}
+    ranges = {cell.name: {Tag.SEARCH_SPACE: _ranges_json(prepared.spaces[cell.architecture])}
+              for cell in prepared.cells}
     cell_runs = open_cell_runs(client, experiment_id, spec.name, sweep, prepared.cells,
-                               extra_tags)
+                               extra_tags, ranges)
     return Sweep(client, experiment_id, sweep, cell_runs, extra_tags)
+
+
+def _ranges_json(space: SearchSpace) -> str:
+    """A cell's search ranges as JSON (the report checks best values against their edges)."""
+    import json
+
+    return json.dumps({
+        "params": {k: v.model_dump() for k, v in space.params.items()},
+        "model_params": {k: v.model_dump() for k, v in space.model_params.items()},
+    }, sort_keys=True)
 
 
 def _storage_path(spec: StudySpec, storage: str | None) -> str:
@@ -424,17 +495,18 @@ def _search(spec: StudySpec, prepared: PreparedStudy, trainable: Any, path: str,
             "started with another --storage?)"
         )
     budget = spec.budget
+    epochs = cell_epochs(spec, prepared.cells)
     searcher = CellSearcher(
         prepared.cells, prepared.spaces, trials_per_cell=budget.trials_per_cell,
-        max_epochs=budget.max_epochs, max_concurrent=budget.concurrent_trials, seed=spec.seed,
+        max_epochs=epochs, max_concurrent=budget.concurrent_trials, seed=spec.seed,
         startup_trials=budget.startup_trials,
     )
-    scheduler = CellScheduler([c.name for c in prepared.cells], max_t=budget.max_epochs,
+    scheduler = CellScheduler([c.name for c in prepared.cells], max_t=epochs,
                               grace_period=budget.grace_epochs, rf=budget.reduction_factor)
     total = len(prepared.cells) * budget.trials_per_cell
     tuner = build_tuner(
         trainable, path=path, restore=resume, search_alg=searcher, scheduler=scheduler,
-        callbacks=[logger, TrialProgress(total, budget.max_epochs, progress)], spec=spec,
+        callbacks=[logger, TrialProgress(total, epochs, progress)], spec=spec,
         dirname_prefix="trial",
     )
     return _fit(tuner)
@@ -446,12 +518,13 @@ def _replicate(spec: StudySpec, results: Any, trainable: Any, path: str, resume:
     from ray import tune
 
     configs = replicate_configs(spec, results, progress)
-    progress(f"re-training the best configuration of each cell with seeds "
-             f"{spec.replicates}: {len(configs)} runs, evaluated once on test")
+    progress(f"re-training the best configuration of each cell as replicates "
+             f"{spec.replicates} (fresh seeds): {len(configs)} runs, evaluated once on test")
+    epochs = cell_epochs(spec, expand_cells(spec))
     tuner = build_tuner(
         trainable, path=path, restore=resume and tune.Tuner.can_restore(path),
         search_alg=FixedConfigs(configs), max_concurrent_trials=spec.budget.concurrent_trials,
-        callbacks=[logger, TrialProgress(len(configs), spec.budget.max_epochs, progress)],
+        callbacks=[logger, TrialProgress(len(configs), epochs, progress)],
         spec=spec, dirname_prefix="replicate",
     )
     _fit(tuner)
@@ -551,24 +624,27 @@ def _fit(tuner: Any) -> Any:
 
 def replicate_configs(spec: StudySpec, results: Any,
                       progress: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Each cell's best completed trial (on dev) re-run once per replicate seed, on test.
+    """Each cell's best completed trial (on dev) re-run once per replicate label, on test.
 
-    Replicate i uses seed ``spec.replicates[i]`` in every cell, so replicates pair across cells.
+    Replicate ``label`` trains with ``replicate_seed(spec.seed, label)`` in every cell, so
+    replicates pair across cells, and never with a search trial's seed (search seeds are even,
+    replicate seeds odd), so no replicate repeats the dev-selected run itself.
     A cell with no completed trial gets no replicates (and the report says so).
     """
+    epochs = cell_epochs(spec, expand_cells(spec))
     best: dict[str, tuple[float, TrialConfig, str]] = {}
     for result in results:
         metrics = result.metrics or {}
-        if result.error or not ran_to_end(metrics, spec.budget.max_epochs):
+        cell = cell_of(result.config)
+        if result.error or cell not in epochs or not ran_to_end(metrics, epochs[cell]):
             continue
         score = float(metrics.get(METRIC, float("-inf")))
-        cell = cell_of(result.config)
         if cell not in best or score > best[cell][0]:
             best[cell] = (score, TrialConfig.from_tune(result.config),
                           metrics.get("trial_id", ""))
-    configs = [config.replicate(seed, trial_id).to_tune()
+    configs = [config.as_replicate(label, spec.seed, trial_id).to_tune()
                for _cell, (_, config, trial_id) in sorted(best.items())
-               for seed in spec.replicates]
+               for label in spec.replicates]
     missing = {c.name for c in expand_cells(spec)} - set(best)
     for cell in sorted(missing):
         progress(f"cell {cell} has no completed trial: no replicates")

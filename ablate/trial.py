@@ -87,9 +87,29 @@ class CellPlan:
     prices: dict[str, float]
     max_epochs: int
     patience: int | None = None
+    metric: str = "mcc"  # the task's metric: "mcc" or "f1_macro" (virus/covid)
+    # the largest batch one forward/backward pass takes; a larger searched (global) batch is
+    # reached by gradient accumulation. None: the whole batch at once.
+    micro_batch_size: int | None = None
 
 
 TrialStage = Literal["trial", "replicate"]
+
+# Seeds: a search trial's seed comes from its slot (the n-th trial of a cell, the same n in
+# every cell, kept when a lost trial's slot is issued again), a replicate's from the user's
+# replicate label. Search seeds are even and replicate seeds odd, so a replicate can never
+# repeat the seed (and with it the exact run) of the search trial it re-trains.
+_SEED_STRIDE = 100_003
+
+
+def search_seed(study_seed: int, slot: int) -> int:
+    """The seed of slot ``slot`` (0, 1, ...) of every cell's search."""
+    return 2 * (study_seed * _SEED_STRIDE + slot)
+
+
+def replicate_seed(study_seed: int, label: int) -> int:
+    """The seed of replicate ``label`` (a value of the spec's ``replicates``) in every cell."""
+    return 2 * (study_seed * _SEED_STRIDE + label) + 1
 
 
 @dataclass(frozen=True)
@@ -97,10 +117,11 @@ class TrialConfig:
     """The values Tune's ``config`` carries for one trial.
 
     ``hparams`` are the searched training hyperparameters (learning rate, weight decay,
-    dropout, warm-up, batch size); ``model_params`` holds searched model hyperparameters, if a
-    search space has any. ``seed`` seeds the trial's initialisation and data order. A replicate
-    (``stage="replicate"``) re-trains ``source_trial``'s configuration with a replicate seed and
-    is evaluated once on test.
+    dropout, warm-up, batch size, schedule); ``model_params`` holds searched model
+    hyperparameters, if a search space has any. ``seed`` seeds the trial's initialisation and
+    data order: ``search_seed`` of its ``slot`` for a search trial. A replicate
+    (``stage="replicate"``) re-trains ``source_trial``'s configuration with
+    ``replicate_seed`` of its label ``replicate`` and is evaluated once on test.
     """
 
     cell: str
@@ -110,15 +131,18 @@ class TrialConfig:
     optuna_trial: int | None = None
     source_trial: str | None = None
     model_params: dict[str, Any] = field(default_factory=dict)
+    slot: int | None = None
+    replicate: int | None = None  # the replicate's label, the same in every cell (pairing)
 
     @property
     def evaluate_test(self) -> bool:
         return self.stage == "replicate"
 
-    def replicate(self, seed: int, source_trial: str) -> TrialConfig:
-        """This configuration re-trained with ``seed`` as a replicate of ``source_trial``."""
-        return TrialConfig(self.cell, dict(self.hparams), seed, "replicate", self.optuna_trial,
-                           source_trial, dict(self.model_params))
+    def as_replicate(self, label: int, study_seed: int, source_trial: str) -> TrialConfig:
+        """This configuration re-trained as replicate ``label`` of ``source_trial``."""
+        return TrialConfig(self.cell, dict(self.hparams), replicate_seed(study_seed, label),
+                           "replicate", self.optuna_trial, source_trial, dict(self.model_params),
+                           replicate=label)
 
     def to_tune(self) -> dict[str, Any]:
         config: dict[str, Any] = {"cell": self.cell, "hparams": dict(self.hparams),
@@ -129,6 +153,10 @@ class TrialConfig:
             config["source_trial"] = self.source_trial
         if self.model_params:
             config["model_params"] = dict(self.model_params)
+        if self.slot is not None:
+            config["slot"] = self.slot
+        if self.replicate is not None:
+            config["replicate"] = self.replicate
         return config
 
     @staticmethod
@@ -141,6 +169,8 @@ class TrialConfig:
             optuna_trial=config.get("optuna_trial"),
             source_trial=config.get("source_trial"),
             model_params=dict(config.get("model_params") or {}),
+            slot=config.get("slot"),
+            replicate=config.get("replicate"),
         )
 
 

@@ -22,9 +22,10 @@ from ray.tune.search import Searcher
 
 from ablate.spec import Cell, ParamSpec, SearchSpace
 from ablate.tracking.schema import MetricName
-from ablate.trial import TrialConfig, cell_of, epochs_done, ran_to_end
+from ablate.trial import TrialConfig, cell_of, epochs_done, ran_to_end, search_seed
 
-METRIC = MetricName.BEST_DEV_MCC
+# The task's own metric (MCC, or macro F1 for virus/covid), best so far on dev.
+METRIC = MetricName.BEST_DEV_SCORE
 MODE = "max"
 # Trial id -> Tune trial, for every trial Tune added in this driver process (restored ones
 # included). Written by CellScheduler, read by CellSearcher. A module-level table rather than a
@@ -74,7 +75,15 @@ class _PickledState(Searcher):
 class _Issued:
     cell: str
     trial: optuna.trial.Trial
+    slot: int
     last_step: int = 0
+
+
+def per_cell(value: int | dict[str, int], cell_names: list[str]) -> dict[str, int]:
+    """An epoch budget for every cell: one value for all, or a cell -> value table."""
+    if isinstance(value, dict):
+        return {name: int(value[name]) for name in cell_names}
+    return {name: int(value) for name in cell_names}
 
 
 class CellSearcher(_PickledState):
@@ -88,6 +97,10 @@ class CellSearcher(_PickledState):
     value as an intermediate value), not as COMPLETE, so truncated scores never mislead TPE.
     Errored trials are told as FAIL and count toward the budget: failures are counted, never
     silently re-rolled.
+
+    The n-th trial of every cell fills slot n and trains with seed ``search_seed(seed, n)``;
+    a trial lost when a driver stopped frees its slot, which the next trial of that cell takes
+    with the same seed. ``max_epochs`` is one budget for all cells or a cell -> epochs table.
     """
 
     def __init__(
@@ -96,7 +109,7 @@ class CellSearcher(_PickledState):
         spaces: dict[str, SearchSpace],
         *,
         trials_per_cell: int,
-        max_epochs: int,
+        max_epochs: int | dict[str, int],
         max_concurrent: int,
         seed: int,
         startup_trials: int | None = None,
@@ -106,7 +119,7 @@ class CellSearcher(_PickledState):
         self.cell_arch = {c.name: c.architecture for c in cells}
         self.spaces = spaces
         self.trials_per_cell = trials_per_cell
-        self.max_epochs = max_epochs
+        self.max_epochs = per_cell(max_epochs, self.cell_names)
         self.max_concurrent = max_concurrent
         self.seed = seed
         n_startup = startup_trials or max(1, math.ceil(trials_per_cell / 2))
@@ -118,6 +131,8 @@ class CellSearcher(_PickledState):
             for name in self.cell_names
         }
         self.issued = {name: 0 for name in self.cell_names}
+        self.next_slot = {name: 0 for name in self.cell_names}
+        self.free_slots: dict[str, list[int]] = {name: [] for name in self.cell_names}
         self.live: dict[str, _Issued] = {}
         self.known: set[str] = set()  # every Tune trial id this searcher has accounted for
         self._reconciled = False
@@ -139,13 +154,31 @@ class CellSearcher(_PickledState):
             return Searcher.FINISHED if not self.live else None
         cell = min(open_cells, key=lambda c: self.issued[c])  # stable: ties keep cell order
         trial = self.studies[cell].ask()
-        hparams = sample_params(trial, self.spaces[self.cell_arch[cell]].params)
+        space = self.spaces[self.cell_arch[cell]]
+        hparams = sample_params(trial, space.params)
+        model_params = sample_params(trial, space.model_params)
+        slot = self._take_slot(cell)
         self.issued[cell] += 1
-        self.live[trial_id] = _Issued(cell, trial)
+        self.live[trial_id] = _Issued(cell, trial, slot)
         self.known.add(trial_id)
-        # Replicate pairing: the n-th trial of every cell trains with the same seed.
-        return TrialConfig(cell=cell, hparams=hparams, seed=self.seed * 100_003 + trial.number,
-                           optuna_trial=trial.number).to_tune()
+        # Pairing: slot n of every cell trains with the same seed.
+        return TrialConfig(cell=cell, hparams=hparams, seed=search_seed(self.seed, slot),
+                           optuna_trial=trial.number, model_params=model_params,
+                           slot=slot).to_tune()
+
+    def _take_slot(self, cell: str) -> int:
+        free = self.free_slots[cell]
+        if free:
+            free.sort()
+            return free.pop(0)
+        self.next_slot[cell] += 1
+        return self.next_slot[cell] - 1
+
+    def _hold_slot(self, cell: str, slot: int) -> None:
+        """Mark ``slot`` as used (a trial Tune holds that the searcher adopts)."""
+        if slot in self.free_slots[cell]:
+            self.free_slots[cell].remove(slot)
+        self.next_slot[cell] = max(self.next_slot[cell], slot + 1)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         issued = self.live.get(trial_id)
@@ -164,7 +197,7 @@ class CellSearcher(_PickledState):
             return
         # The result that made ASHA stop a trial never reached on_trial_result: record it here.
         self._report(issued, result)
-        if not ran_to_end(result, self.max_epochs):
+        if not ran_to_end(result, self.max_epochs[issued.cell]):
             study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(issued.trial, float(result[self.metric]))
@@ -197,6 +230,7 @@ class CellSearcher(_PickledState):
                 issued.trial.set_user_attr("lost", True)
                 self.studies[issued.cell].tell(issued.trial, state=optuna.trial.TrialState.FAIL)
                 self.issued[issued.cell] -= 1
+                self.free_slots[issued.cell].append(issued.slot)
                 self.known.discard(trial_id)
         for trial_id, trial in seen.items():
             done = trial.status in ("TERMINATED", "ERROR")
@@ -206,10 +240,15 @@ class CellSearcher(_PickledState):
             elif trial_id not in self.known and cell_of(trial.config) in self.studies:
                 cell = cell_of(trial.config)
                 study = self.studies[cell]
-                study.enqueue_trial(TrialConfig.from_tune(trial.config).hparams)
+                config = TrialConfig.from_tune(trial.config)
+                study.enqueue_trial({**config.hparams, **config.model_params})
                 adopted = study.ask()
-                sample_params(adopted, self.spaces[self.cell_arch[cell]].params)  # fixes them
-                self.live[trial_id] = _Issued(cell, adopted)
+                space = self.spaces[self.cell_arch[cell]]
+                sample_params(adopted, space.params)  # fixes them
+                sample_params(adopted, space.model_params)
+                slot = config.slot if config.slot is not None else self._take_slot(cell)
+                self._hold_slot(cell, slot)
+                self.live[trial_id] = _Issued(cell, adopted, slot)
                 self.issued[cell] += 1
                 self.known.add(trial_id)
                 if done:
@@ -228,14 +267,16 @@ class CellScheduler(FIFOScheduler):
     the searcher reconciles its state with after a resume.
     """
 
-    def __init__(self, cell_names: list[str], *, max_t: int, grace_period: int, rf: float):
+    def __init__(self, cell_names: list[str], *, max_t: int | dict[str, int], grace_period: int,
+                 rf: float):
         super().__init__()
+        max_ts = per_cell(max_t, cell_names)
         self.per_cell = {
             name: AsyncHyperBandScheduler(
                 time_attr="training_iteration",
                 metric=METRIC,
                 mode=MODE,
-                max_t=max_t,
+                max_t=max_ts[name],
                 grace_period=grace_period,
                 reduction_factor=rf,
             )
@@ -279,7 +320,8 @@ class CellScheduler(FIFOScheduler):
 class TrialProgress(Callback):
     """Prints one line per finished trial: how far the study is, and how the trial did."""
 
-    def __init__(self, total: int, max_epochs: int, print_fn: Callable[[str], None] = print):
+    def __init__(self, total: int, max_epochs: int | dict[str, int],
+                 print_fn: Callable[[str], None] = print):
         self.total = total
         self.max_epochs = max_epochs
         self.print_fn = print_fn
@@ -290,14 +332,21 @@ class TrialProgress(Callback):
         result = trial.last_result or {}
         score = result.get(METRIC)
         score_text = f"{score:.4f}" if isinstance(score, float) else "-"
+        cell = cell_of(trial.config) or "?"
         self.print_fn(
-            f"[{self.done}/{self.total}] {cell_of(trial.config) or '?'} "
+            f"[{self.done}/{self.total}] {cell} "
             f"trial {trial.trial_id}: {outcome} after {epochs_done(result)}/"
-            f"{self.max_epochs} epochs, {METRIC} {score_text}"
+            f"{self._epochs(cell)} epochs, {METRIC} {score_text}"
         )
 
+    def _epochs(self, cell: str) -> int:
+        if isinstance(self.max_epochs, dict):
+            return int(self.max_epochs.get(cell, max(self.max_epochs.values(), default=0)))
+        return int(self.max_epochs)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = ran_to_end(trial.last_result or {}, self.max_epochs)
+        cell = cell_of(trial.config) or "?"
+        done = ran_to_end(trial.last_result or {}, self._epochs(cell))
         self._line(trial, "completed" if done else "stopped early")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -49,7 +49,7 @@ def test_trial_description_round_trips_through_tune_config_and_pickles():
                          optuna_trial=3)
     tune_config = config.to_tune()
     assert TrialConfig.from_tune(tune_config) == config
-    replicate = config.replicate(seed=1, source_trial="abc")
+    replicate = config.as_replicate(1, study_seed=0, source_trial="abc")
     assert replicate.evaluate_test and not config.evaluate_test
     assert TrialConfig.from_tune(replicate.to_tune()) == replicate
     # Tune's config holds only searched values and ids: no data, model or paths.

@@ -6,6 +6,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from ablate.tracking.schema import MetricName
 from ablate.spec import DEFAULT_SEARCH_SPACE_DIR, Cell, load_search_space
 from ablate.trial import TrialConfig
 from ablate.tune_plugins import TRIALS_SEEN, CellScheduler, CellSearcher
@@ -29,7 +30,7 @@ def make_searcher(trials=3, max_epochs=4, concurrent=2, seed=0):
 
 
 def result(value, epoch):
-    return {"best_dev_mcc": value, "training_iteration": epoch}
+    return {MetricName.BEST_DEV_SCORE: value, "training_iteration": epoch}
 
 
 def test_cells_stay_level_and_budget_is_exact():
@@ -118,7 +119,7 @@ def stub(trial_id, cell):
 def test_asha_compares_trials_only_within_their_cell():
     strong, weak = CELLS[0].name, CELLS[1].name
     per_cell = CellScheduler([strong, weak], max_t=4, grace_period=1, rf=2)
-    global_asha = AsyncHyperBandScheduler(metric="best_dev_mcc", mode="max", max_t=4,
+    global_asha = AsyncHyperBandScheduler(metric=MetricName.BEST_DEV_SCORE, mode="max", max_t=4,
                                           grace_period=1, reduction_factor=2)
     strong_trials = [stub(f"s{i}", strong) for i in range(3)]
     weak_trial = stub("w0", weak)
@@ -156,7 +157,7 @@ def test_reconcile_after_resume_marks_lost_adopts_unknown_and_tells_finished(tmp
     searcher = make_searcher(trials=2, concurrent=4)
     searcher.suggest("a")  # cell 0
     first = searcher.suggest("b")  # cell 1
-    searcher.suggest("c")  # cell 0
+    lost = searcher.suggest("c")  # cell 0
     searcher.save(str(tmp_path / "state.pkl"))
 
     restored = make_searcher(trials=2, concurrent=4)
@@ -168,7 +169,8 @@ def test_reconcile_after_resume_marks_lost_adopts_unknown_and_tells_finished(tmp
     d_config = TrialConfig(cell=CELLS[1].name, hparams=first["hparams"], seed=1).to_tune()
     TRIALS_SEEN["d"] = stub_with("d", d_config, "RUNNING")
     config = restored.suggest("e")
-    assert config["cell"] == CELLS[0].name  # c's slot re-issued
+    assert config["cell"] == CELLS[0].name  # c's slot re-issued, with c's seed
+    assert (config["slot"], config["seed"]) == (lost["slot"], lost["seed"])
     assert set(restored.live) == {"b", "d", "e"}
     assert restored.issued == {CELLS[0].name: 2, CELLS[1].name: 2}
     states = [(t.state, t.user_attrs.get("lost")) for t in

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
 # Runs written by this code carry ``Tag.SCHEMA_VERSION = SCHEMA_VERSION``. Version 1 is every
 # run written before the tag existed (same tag and metric names; its Ray Tune state holds
-# untyped trial configs, so a version-1 sweep can be reported but not resumed).
-SCHEMA_VERSION = 2
+# untyped trial configs, so a version-1 sweep can be reported but not resumed). Version 3 adds
+# the task-metric names (``MetricName.DEV_SCORE`` and friends); version 2 runs are read with MCC
+# as their score.
+SCHEMA_VERSION = 3
 
 PRETRAIN_EXPERIMENT = "ablate-pretraining"  # the experiment of every pretraining run
 MODEL_ARTIFACT = "model"  # artifact path of a pretraining run's model folder
@@ -35,6 +37,10 @@ class Tag:
     PRETRAINING = "ablate.pretraining"
     TOKENIZER = "ablate.tokenizer"
     TASK = "ablate.task"
+    FAMILY = "ablate.family"  # a Family value: which side of question 1 the architecture is on
+    EXTERNAL_CHECKPOINT = "ablate.external_checkpoint"  # both arms of an external checkpoint
+    SEARCH_SPACE = "ablate.search_space"  # the cell's search ranges (JSON), for edge checks
+    CAVEAT = "ablate.caveat"  # what the task's data lets it measure, when that is not obvious
     # trial and replicate runs
     TRIAL_ID = "ablate.trial_id"
     OUTCOME = "ablate.outcome"  # an Outcome value
@@ -65,6 +71,14 @@ class Stage:
     PRETRAIN = "pretrain"
 
 
+class Family:
+    """Values of ``Tag.FAMILY``. The k-mer baseline is the floor, in neither group."""
+
+    TRANSFORMER = "transformer"
+    CONVOLUTIONAL = "convolutional"
+    BASELINE = "baseline"
+
+
 class Outcome:
     """Values of ``Tag.OUTCOME``."""
 
@@ -78,9 +92,19 @@ class MetricName:
     """Metric names the code reads back. A trial logs every numeric field it reports (see
     ``ablate.training``); these are the ones analysis, report and resume depend on."""
 
-    BEST_DEV_MCC = "best_dev_mcc"  # the search metric (mode: max)
+    BEST_DEV_MCC = "best_dev_mcc"
     DEV_MCC = "dev_mcc"
     TEST_MCC = "test_mcc"
+    # The task's own metric (MCC, or macro F1 for virus/covid): what selection, ASHA, patience,
+    # replicate choice and the report use. Runs of schema version 2 have only the MCC names.
+    BEST_DEV_SCORE = "best_dev_score"  # the search metric (mode: max)
+    DEV_SCORE = "dev_score"
+    TEST_SCORE = "test_score"
+    SEED = "seed"  # the seed a trial or replicate actually trained with
+    # pretraining runs: corpus sequences removed because they equal, contain or are contained
+    # in a dev/test sequence (or its reverse complement) of a study task
+    LEAKED_REMOVED = "corpus_leaked_removed"
+    CORPUS_SEQUENCES = "corpus_sequences"
     WALL_SECONDS = "wall_seconds"
     FLOPS = "flops"
     DEVICE_HOURS = "device_hours"
@@ -101,13 +125,18 @@ RESULT_TAGS = {
 
 def cell_tags(cell: Cell) -> dict[str, str]:
     """The tags naming a cell's place on the axes (on its cell run and every run below it)."""
-    return {
+    tags = {
         Tag.CELL: cell.name,
         Tag.ARCHITECTURE: cell.architecture,
         Tag.PRETRAINING: cell.pretraining,
         Tag.TOKENIZER: cell.tokenizer,
         Tag.TASK: cell.task,
     }
+    if cell.family:
+        tags[Tag.FAMILY] = cell.family
+    if cell.checkpoint:
+        tags[Tag.EXTERNAL_CHECKPOINT] = cell.checkpoint
+    return tags
 
 
 def tag_column(tag: str) -> str:

@@ -77,8 +77,12 @@ def open_cell_runs(
     sweep: str,
     cells: list[Cell],
     extra_tags: dict[str, str] | None = None,
+    per_cell_tags: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, str]:
-    """The parent run of every cell in this sweep (created when missing); cell name -> run id."""
+    """The parent run of every cell in this sweep (created when missing); cell name -> run id.
+
+    ``per_cell_tags`` adds tags to particular cells' runs (cell name -> tags), such as the
+    search ranges each cell searched."""
     existing = {
         run.data.tags[Tag.CELL]: run.info.run_id
         for run in find_runs(
@@ -99,6 +103,7 @@ def open_cell_runs(
             **version_tag(),
             **cell_tags(cell),
             **(extra_tags or {}),
+            **(per_cell_tags or {}).get(cell.name, {}),
         }
         run = client.create_run(experiment_id, tags=tags, run_name=cell.name)
         run_ids[cell.name] = run.info.run_id
@@ -376,7 +381,9 @@ def trial_tags(plan: CellPlan, config: TrialConfig) -> dict[str, str]:
     if plan.source.pretrained:
         tags[Tag.PRETRAIN_RUN_ID] = str(plan.source.run_id)
     if config.stage == Stage.REPLICATE:
-        tags[Tag.REPLICATE_SEED] = str(config.seed)
+        # The user's replicate label pairs replicates across cells; the seed itself is a param.
+        label = config.replicate if config.replicate is not None else config.seed
+        tags[Tag.REPLICATE_SEED] = str(label)
         tags[Tag.SOURCE_TRIAL] = str(config.source_trial)
     return tags
 
