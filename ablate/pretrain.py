@@ -109,6 +109,9 @@ class WorkerPlan:
     complement_ids: tuple[int, ...]
     token_limit: int
     width: int
+    pad_id: int = 3  # the tokenizer's own special ids
+    mask_id: int = 4
+    special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)  # never masked
 
 
 @dataclass
@@ -127,11 +130,10 @@ def _build(plan: WorkerPlan) -> tuple[_Optimisation, int, Any]:
     from transformers import get_linear_schedule_with_warmup
 
     from ablate.models.registry import build_mlm, count_parameters
-    from ablate.tokenization import PAD_ID
 
     bare = build_mlm(
         plan.architecture, preset=plan.preset, vocab_size=plan.vocab_size,
-        max_len=plan.token_limit, pad_id=PAD_ID, complement_ids=list(plan.complement_ids),
+        max_len=plan.token_limit, pad_id=plan.pad_id, complement_ids=list(plan.complement_ids),
         overrides=plan.overrides or None,
     )
     n_params = count_parameters(bare)
@@ -195,7 +197,6 @@ def pretrain_worker(config: dict) -> None:
     import torch
 
     from ablate.models.mlm import mask_tokens
-    from ablate.tokenization import MASK_ID, PAD_ID
     from ablate.training import count_step_flops, masked_lm_loss, train_step
 
     for name in ("ray.train", "ray.tune"):  # per-report "checkpoint created" lines are noise
@@ -215,11 +216,11 @@ def pretrain_worker(config: dict) -> None:
     loss_sum, loss_count = 0.0, 0
     while state["step"] < recipe.max_steps:
         produced = False
-        for ids, mask in _batches(shard, recipe.batch_size, PAD_ID, plan.width):
+        for ids, mask in _batches(shard, recipe.batch_size, plan.pad_id, plan.width):
             produced = True
             masked, labels = mask_tokens(ids, mask, vocab_size=plan.vocab_size,
                                          mask_prob=recipe.mask_prob, generator=generator,
-                                         mask_id=MASK_ID)
+                                         mask_id=plan.mask_id, special_ids=plan.special_ids)
             batch = (masked.to(device), mask.to(device), labels.to(device))
             if flops_per_step is None:  # counted once, on this worker's first batch
                 flops_per_step = float(count_step_flops(opt.model, batch, backward=True,
@@ -289,10 +290,15 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
     import ray.util
     from ray.train.torch import TorchTrainer
 
-    from ablate.tokenization import complement_ids, load_tokenizer
+    from ablate.errors import AblateError
+    from ablate.tokenization import complement_ids, load_tokenizer, special_ids
 
     recipe = job.recipe
     tokenizer = load_tokenizer(Path(job.tokenizer_path))  # read here: workers get its values
+    ids = special_ids(tokenizer, source=job.tokenizer_path)
+    if ids.mask is None:
+        raise AblateError(f"{job.tokenizer_path}: the tokenizer has no mask token, which "
+                          "masked-LM pretraining needs")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     # The corpus shards sit on the driver's node: read them there.
@@ -304,7 +310,8 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
             recipe=recipe, architecture=job.architecture, preset=job.preset,
             overrides=dict(job.overrides), vocab_size=tokenizer.get_vocab_size(),
             complement_ids=tuple(complement_ids(tokenizer)), token_limit=job.token_limit,
-            width=manifest.max_tokens,
+            width=manifest.max_tokens, pad_id=ids.pad, mask_id=ids.mask,
+            special_ids=tuple(ids.ids),
         )},
         scaling_config=ray.train.ScalingConfig(
             num_workers=recipe.workers,

@@ -297,6 +297,9 @@ class TaskInputs:
     # token id -> id of its base complement (ConvNova's complement stream), so a trial never
     # needs the tokenizer file
     complement_ids: tuple[int, ...] = ()
+    # the tokenizer's own special ids (a checkpoint's tokenizer brings its own)
+    pad_id: int = 3
+    mask_id: int | None = 4
 
 
 def resolve_tokenizer(
@@ -358,7 +361,7 @@ def prepare_task_inputs(
     left out (a leakage fix; the shard set's key records it).
     """
     from ablate.data.gue import SPLITS, get_dataset, read_split, require_splits, split_path
-    from ablate.tokenization import complement_ids, token_limit, tokenizer_hash
+    from ablate.tokenization import complement_ids, special_ids, token_limit, tokenizer_hash
 
     dataset = get_dataset(task)
     require_splits(gue_root, task, ("train", "dev"))
@@ -394,6 +397,8 @@ def prepare_task_inputs(
         token_limit=token_limit(choice, dataset.length_bp),
         splits=splits,
         complement_ids=tuple(complement_ids(tokenizer)),
+        pad_id=special_ids(tokenizer).pad,
+        mask_id=special_ids(tokenizer).mask,
     )
 
 

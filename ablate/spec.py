@@ -364,7 +364,7 @@ class StudySpec(_Strict):
             from ablate.tokenization import parse_tokenizer_choice
 
             self._tokenizer_choices = {
-                value: parse_tokenizer_choice(value, default_k=self.tokenizers.kmer_k,
+                value: parse_tokenizer_choice(_expand(value), default_k=self.tokenizers.kmer_k,
                                               base_dir=Path(self.base_dir))
                 for value in self.axes.tokenizer
             }
@@ -396,12 +396,17 @@ def _check_allowed(values: list[str], allowed: tuple[str, ...]) -> list[str]:
     return values
 
 
-def _resolve(value: str, base: Path) -> Path:
+def _expand(value: str) -> str:
+    """``value`` with ``${VAR}`` taken from the environment (an unset one is an error)."""
     expanded = os.path.expandvars(value)
     missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", expanded)
     if missing:
         raise AblateError(f"environment variable {missing[0]} in {value!r} is not set")
-    path = Path(expanded).expanduser()
+    return expanded
+
+
+def _resolve(value: str, base: Path) -> Path:
+    path = Path(_expand(value)).expanduser()
     return path if path.is_absolute() else (base / path).resolve()
 
 

@@ -358,14 +358,17 @@ def share_splits(
     import ray
 
     from ablate.shards import read_shard_sets
-    from ablate.tokenization import PAD_ID
 
     names = ("train", "dev", "test") if with_test else ("train", "dev")
-    folders = sorted({item.splits[s] for item in inputs.values() for s in names
-                      if s in item.splits})
-    progress(f"reading {len(folders)} shard sets through Ray Data")
-    arrays = read_shard_sets(folders, PAD_ID)
-    return {folder: ray.put(value) for folder, value in arrays.items()}
+    pad_of = {item.splits[s]: item.pad_id for item in inputs.values() for s in names
+              if s in item.splits}
+    progress(f"reading {len(pad_of)} shard sets through Ray Data")
+    shared = {}
+    for pad in sorted(set(pad_of.values())):  # padded with each tokenizer's own id
+        folders = sorted(f for f, p in pad_of.items() if p == pad)
+        shared.update({folder: ray.put(value)
+                       for folder, value in read_shard_sets(folders, pad).items()})
+    return shared
 
 
 def init_ray(address: str | None, spec: StudySpec) -> None:

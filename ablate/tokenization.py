@@ -5,9 +5,11 @@
 - ``bpe``: byte-pair encoding trained on a task's training split, or loaded from an existing
   ``tokenizer.json`` such as DNABERT-2's.
 
-Every tokenizer shares DNABERT-2's special tokens and ids, so models and shards never need to
-know which kind produced an id: [UNK]=0, [CLS]=1, [SEP]=2, [PAD]=3, [MASK]=4, and every encoding
-is wrapped as ``[CLS] ... [SEP]``.
+The tokenizers ablate builds share DNABERT-2's special tokens and ids: [UNK]=0, [CLS]=1,
+[SEP]=2, [PAD]=3, [MASK]=4 (``DNABERT2_IDS``), and every encoding is wrapped as
+``[CLS] ... [SEP]``. A loaded ``tokenizer.json`` (an external checkpoint's, say) keeps its own
+special tokens and ids; ``special_ids`` reads them from the tokenizer, by the token names in use
+(``[PAD]`` or ``<pad>``, ``[CLS]``, ``<cls>`` or ``<s>``, and so on).
 
 Inputs are cut in base pairs, never in tokens: every tokenizer sees the same DNA context, and the
 token limit of a model is derived from the base-pair length (``token_limit``).
@@ -29,9 +31,79 @@ from ablate.errors import AblateError
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = range(5)
+
+# The names each special token goes by, in the order they are looked for.
+SPECIAL_NAMES = {
+    "pad": ("[PAD]", "<pad>"),
+    "cls": ("[CLS]", "<cls>", "<s>"),
+    "sep": ("[SEP]", "<eos>", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+    "unk": ("[UNK]", "<unk>"),
+}
+
 NUCLEOTIDES = "ACGTN"
 KINDS = ("char", "kmer", "bpe")
 _COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """A tokenizer's special-token ids; only a padding token is required of every tokenizer."""
+
+    pad: int
+    cls: int | None = None
+    sep: int | None = None
+    mask: int | None = None
+    unk: int | None = None
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The ids found, in ascending order (what masking must never select or draw)."""
+        found = (self.pad, self.cls, self.sep, self.mask, self.unk)
+        return tuple(sorted({idx for idx in found if idx is not None}))
+
+
+DNABERT2_IDS = SpecialIds(pad=PAD_ID, cls=CLS_ID, sep=SEP_ID, mask=MASK_ID, unk=UNK_ID)
+
+
+def _special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """The tokenizer's special tokens (added tokens marked special): content -> id."""
+    return {
+        token.content: idx
+        for idx, token in tokenizer.get_added_tokens_decoder().items()
+        if token.special
+    }
+
+
+def special_ids(tokenizer: Tokenizer, *, source: str | Path | None = None) -> SpecialIds:
+    """The special-token ids ``tokenizer`` uses, found by name (``SPECIAL_NAMES``).
+
+    A name among the tokenizer's special tokens wins over the same name as a plain vocabulary
+    entry. A tokenizer without a padding token is refused: batches are padded with it.
+    ``source`` (the file it came from) names the tokenizer in that error.
+    """
+    specials = _special_token_ids(tokenizer)
+
+    def find(role: str) -> int | None:
+        for name in SPECIAL_NAMES[role]:
+            if name in specials:
+                return specials[name]
+        for name in SPECIAL_NAMES[role]:
+            idx = tokenizer.token_to_id(name)
+            if idx is not None:
+                return idx
+        return None
+
+    pad = find("pad")
+    if pad is None:
+        where = f"{source}: " if source is not None else ""
+        raise AblateError(
+            f"{where}the tokenizer has no padding token: none of the special tokens "
+            f"{', '.join(SPECIAL_NAMES['pad'])} is in its vocabulary; add one (ablate pads "
+            "batches with it)"
+        )
+    return SpecialIds(pad=pad, cls=find("cls"), sep=find("sep"), mask=find("mask"),
+                      unk=find("unk"))
 
 
 @dataclass(frozen=True)
@@ -152,18 +224,15 @@ def train_bpe_tokenizer(sequences: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """Load a ``tokenizer.json`` and check that it uses the shared special-token ids."""
+    """Load a ``tokenizer.json``; it must have a padding token (see ``special_ids``).
+
+    Its special tokens and ids are its own (``special_ids`` reads them).
+    """
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed files
         raise AblateError(f"{path}: not a readable tokenizer.json ({exc})") from None
-    for expected_id, token in enumerate(SPECIAL_TOKENS):
-        if tokenizer.token_to_id(token) != expected_id:
-            raise AblateError(
-                f"{path}: special token {token} must have id {expected_id} "
-                f"(has {tokenizer.token_to_id(token)}); ablate expects DNABERT-2's special "
-                f"tokens {list(SPECIAL_TOKENS)} in that order"
-            )
+    special_ids(tokenizer, source=path)
     return tokenizer
 
 
@@ -200,13 +269,18 @@ def token_limit(choice: TokenizerChoice, length_bp: int) -> int:
 def complement_ids(tokenizer: Tokenizer) -> list[int]:
     """For each token id, the id of its base complement (A<->T, C<->G; not reversed).
 
-    Special tokens map to themselves, and so does any token whose complement is not in the
-    vocabulary (possible for BPE). ConvNova uses this table for its complement-strand stream.
+    Special tokens map to themselves (the tokenizer's own, whatever their names, and any token
+    named in ``SPECIAL_NAMES``), and so does any token whose complement is not in the vocabulary
+    (possible for BPE). ConvNova uses this table for its complement-strand stream.
     """
     vocab = tokenizer.get_vocab()
     table = list(range(tokenizer.get_vocab_size()))
+    names = set(_special_token_ids(tokenizer)) | {n for ns in SPECIAL_NAMES.values() for n in ns}
+    special = {vocab[name] for name in names if name in vocab}
     for token, idx in vocab.items():
-        if token in SPECIAL_TOKENS or idx >= len(table):
+        if idx in special or idx >= len(table):
             continue
-        table[idx] = vocab.get(token.translate(_COMPLEMENT), idx)
+        partner = vocab.get(token.translate(_COMPLEMENT), idx)
+        if partner not in special and partner < len(table):
+            table[idx] = partner
     return table

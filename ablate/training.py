@@ -7,9 +7,29 @@ starting point, resources, prices, epoch budget); ``split_arrays`` maps shard-se
 their arrays and ``model_files`` weights keys to pretrained model folders' files, both in Ray's
 object store. All three reach the trainable through ``tune.with_parameters`` (see
 ``ablate.study``). It trains on train, evaluates dev after every epoch and calls ``tune.report``
-with dev metrics, cost (wall seconds, FLOPs, device-hours) and a checkpoint; a replicate
-evaluates its best-on-dev model once on test at the end. Every numeric field it reports is
-logged to MLflow (``ablate.tracking``).
+with dev metrics, cost (wall seconds, FLOPs, device-hours), the seed and a checkpoint; a
+replicate evaluates its best-on-dev model once on test at the end. Every numeric field it
+reports is logged to MLflow (``ablate.tracking``).
+
+The task's metric (``CellPlan.metric``: MCC, or macro F1 for virus/covid) is the trial's score:
+every epoch reports it as ``dev_score`` and ``best_dev_score`` (and a replicate ``test_score``)
+beside the MCC, macro-F1 and accuracy fields, and the best-on-dev model, ``best_epoch`` and
+early stopping all follow it.
+
+Searched training hyperparameters (``TrialConfig.hparams``; missing ones take
+``DEFAULT_HPARAMS``):
+
+- ``learning_rate``, ``weight_decay``: AdamW's.
+- ``dropout``: of the encoder and the head (an external checkpoint's backbone too).
+- ``batch_size``: the global batch of one optimizer step. Where ``CellPlan.micro_batch_size``
+  is smaller, a step accumulates gradients over ``ceil(batch_size / micro_batch_size)``
+  micro-batches, weighted so it equals the full-batch step.
+- ``schedule``: ``"linear"`` or ``"cosine"`` decay to zero after a linear warm-up.
+- ``warmup_steps`` (optimizer steps) or ``warmup_ratio`` (a fraction of all optimizer steps of
+  the trial's epoch budget); ``warmup_steps`` wins if both are given.
+
+Searched model hyperparameters (``TrialConfig.model_params``) are config overrides of the
+architecture, applied on top of the cell's own.
 
 ``train_step``, ``count_step_flops`` and ``autocast_context`` are shared with masked-LM
 pretraining (``ablate.pretrain``), so both count and take a step the same way.
@@ -21,7 +41,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +60,12 @@ DEFAULT_HPARAMS = {
     "dropout": 0.1,
     "warmup_ratio": 0.1,
     "batch_size": 64,
+    "schedule": "linear",
 }
+SCHEDULES = ("linear", "cosine")
 GRAD_CLIP_NORM = 1.0
+# CellPlan.metric -> the field of ``classification_metrics`` it names
+TASK_METRICS = {"mcc": "mcc", "f1_macro": "f1"}
 
 
 @dataclass
@@ -108,6 +132,13 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, f
     }
 
 
+def task_score(metrics: dict[str, float], metric: str) -> float:
+    """The task's metric (``"mcc"`` or ``"f1_macro"``) out of ``classification_metrics``."""
+    if metric not in TASK_METRICS:
+        raise ValueError(f"unknown task metric {metric!r}; expected one of {list(TASK_METRICS)}")
+    return float(metrics[TASK_METRICS[metric]])
+
+
 def classification_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
     """Cross-entropy of a classifier's logits (in float32) against sequence labels."""
     import torch
@@ -142,19 +173,75 @@ def count_step_flops(model: Any, batch: tuple, *, backward: bool,
 
 
 def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: Any,
-               loss_fn: LossFn = classification_loss) -> Any:
+               loss_fn: LossFn = classification_loss, *,
+               micro_batch_size: int | None = None) -> Any:
     """One optimisation step on a batch of (ids, mask, labels): forward and loss (bf16
     autocast on GPUs, the loss in float32), backward, gradient clipping, optimizer step.
-    Returns the detached loss, left on the device (reading it would sync the host)."""
+    Returns the detached loss, left on the device (reading it would sync the host).
+
+    With ``micro_batch_size`` smaller than the batch, the gradients are accumulated over
+    micro-batches of that many rows (see ``accumulate_gradients``) before the one step."""
     import torch
 
-    with autocast_context(device):
-        loss = loss_fn(model, *batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    rows = int(batch[2].shape[0])
+    if micro_batch_size is not None and micro_batch_size < rows:
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, batch, device, micro_batch_size, loss_fn)
+    else:
+        with autocast_context(device):
+            loss = loss_fn(model, *batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss = loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
     optimizer.step()
-    return loss.detach()
+    return loss
+
+
+def accumulate_gradients(model: Any, batch: tuple[Any, Any, Any], device: Any,
+                         micro_batch_size: int, loss_fn: LossFn = classification_loss) -> Any:
+    """Backward through ``batch`` in ``ceil(rows / micro_batch_size)`` micro-batches of (at
+    most) ``micro_batch_size`` rows, adding to the parameters' gradients. Each micro-batch's
+    mean loss is weighted by its share of the rows, so the gradients (and the returned detached
+    loss) are those of the whole batch's mean loss (exact for a loss that averages over rows,
+    as ``classification_loss`` does)."""
+    import torch
+
+    rows = int(batch[2].shape[0])
+    total = torch.zeros((), device=device)
+    for start in range(0, rows, micro_batch_size):
+        micro = tuple(t[start : start + micro_batch_size] for t in batch)
+        with autocast_context(device):
+            loss = loss_fn(model, *micro) * (int(micro[2].shape[0]) / rows)
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+def warmup_steps(hparams: dict[str, Any], total_steps: int) -> int:
+    """Warm-up in optimizer steps: ``warmup_steps`` if given, else ``warmup_ratio`` of
+    ``total_steps``; never more than ``total_steps``."""
+    if hparams.get("warmup_steps") is not None:
+        steps = int(hparams["warmup_steps"])
+    else:
+        steps = int(float(hparams.get("warmup_ratio", DEFAULT_HPARAMS["warmup_ratio"]))
+                    * total_steps)
+    return max(0, min(steps, total_steps))
+
+
+def make_scheduler(optimizer: Any, hparams: dict[str, Any], total_steps: int) -> Any:
+    """The learning-rate schedule ``hparams`` name: linear warm-up, then ``schedule`` decay
+    ("linear" or "cosine") to zero at ``total_steps`` optimizer steps."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    from ablate.errors import AblateError
+
+    schedule = str(hparams.get("schedule", DEFAULT_HPARAMS["schedule"]))
+    if schedule not in SCHEDULES:
+        raise AblateError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+    make = (get_cosine_schedule_with_warmup if schedule == "cosine"
+            else get_linear_schedule_with_warmup)
+    return make(optimizer, warmup_steps(hparams, total_steps), total_steps)
 
 
 def evaluate(model: Any, split: SplitTensors, device: Any, batch_size: int) -> dict[str, float]:
@@ -184,20 +271,35 @@ def _unpack_files(files: Any, folder: Path) -> None:
         (folder / name).write_bytes(content)
 
 
+def pad_id(inputs: Any) -> int:
+    """The padding id of a task's token ids."""
+    from ablate.tokenization import PAD_ID
+
+    return int(getattr(inputs, "pad_id", PAD_ID))
+
+
 def build_model(plan: CellPlan, trial: TrialConfig,
                 model_files: dict[str, Any] | None = None) -> SequenceClassifier:
-    """The classifier a cell plan describes, with the trial's dropout.
+    """The classifier a cell plan describes, with the trial's dropout and model
+    hyperparameters (``trial.model_params``, on top of the plan's overrides).
 
     A pretrained cell starts from the pretrained encoder, whose model folder's files arrive in
     ``model_files`` (weights key -> {file name: bytes}); every other cell starts from the same
-    architecture freshly initialised.
+    architecture freshly initialised. An ``external`` cell is the checkpoint with its weights,
+    an ``external-config`` cell the same checkpoint's model with fresh weights.
     """
     from ablate.models.registry import build_classifier
-    from ablate.tokenization import PAD_ID
 
     inputs, source = plan.inputs, plan.source
-    dropout = float(trial.hparams["dropout"])
+    dropout = float(trial.hparams.get("dropout", DEFAULT_HPARAMS["dropout"]))
     if source.external:
+        if trial.model_params:
+            from ablate.errors import AblateError
+
+            raise AblateError(
+                f"cell {plan.cell.name}: an external checkpoint's model is fixed by its config; "
+                f"it takes no model_params (got {sorted(trial.model_params)})"
+            )
         return _external_classifier(plan, dropout, (model_files or {})[source.weights_key])
     model = build_classifier(
         plan.model.architecture,
@@ -205,10 +307,10 @@ def build_model(plan: CellPlan, trial: TrialConfig,
         vocab_size=inputs.vocab_size,
         num_classes=inputs.num_classes,
         max_len=plan.model.token_limit or inputs.token_limit,
-        pad_id=PAD_ID,
+        pad_id=pad_id(inputs),
         dropout=dropout,
         complement_ids=list(inputs.complement_ids),
-        overrides=dict(plan.model.overrides) or None,
+        overrides={**plan.model.overrides, **trial.model_params} or None,
     )
     if source.pretrained:
         from ablate.models.io import load_encoder_weights
@@ -220,7 +322,8 @@ def build_model(plan: CellPlan, trial: TrialConfig,
 
 
 def _external_classifier(plan: CellPlan, dropout: float, files: Any) -> SequenceClassifier:
-    """A classifier on an external checkpoint whose files arrive through the object store."""
+    """A classifier on an external checkpoint whose files arrive through the object store:
+    its pretrained weights (``external``) or its config at random init (``external-config``)."""
     from ablate.errors import AblateError
     from ablate.models.external import build_external_classifier
 
@@ -229,6 +332,7 @@ def _external_classifier(plan: CellPlan, dropout: float, files: Any) -> Sequence
         model = build_external_classifier(
             folder, num_classes=plan.inputs.num_classes, dropout=dropout,
             trust_remote_code=plan.source.trust_remote_code,
+            random_init=plan.source.kind == "external-config",
         )
     if model.encoder.vocab_size < plan.inputs.vocab_size:
         raise AblateError(
@@ -243,13 +347,30 @@ def _external_classifier(plan: CellPlan, dropout: float, files: Any) -> Sequence
 
 @dataclass
 class Progress:
-    """What a trial has done so far; saved in every checkpoint."""
+    """What a trial has done so far; saved in every checkpoint.
+
+    ``best_dev_score`` is the best dev score (the task's metric) so far, reached at
+    ``best_epoch`` by the model the checkpoint keeps; ``best_dev_mcc`` is that model's dev MCC.
+    """
 
     epoch: int = 0
+    best_dev_score: float = -1.0
     best_dev_mcc: float = -1.0
     best_epoch: int = 0
     wall_seconds: float = 0.0
     flops: float = 0.0
+
+    @staticmethod
+    def from_state(state: dict[str, Any], metric: str = "mcc") -> Progress:
+        """The progress a checkpoint saved. A checkpoint from before the task's score kept its
+        best model on dev MCC: that is its score where the metric is MCC; for another metric
+        its score is unknown, so the next epoch's model takes the best model's place."""
+        known = {f.name for f in fields(Progress)}
+        values = {k: v for k, v in state.items() if k in known}
+        if "best_dev_score" not in values:
+            values["best_dev_score"] = (float(values.get("best_dev_mcc", -1.0))
+                                        if metric == "mcc" else -math.inf)
+        return Progress(**values)
 
 
 @dataclass
@@ -275,10 +396,21 @@ class TrialRun:
 
     @property
     def batch_size(self) -> int:
+        """The global batch: rows per optimizer step."""
         return int(self.hparams["batch_size"])
 
     @property
+    def micro_batch_size(self) -> int | None:
+        """Rows per forward/backward pass where a step accumulates over several, else None."""
+        micro = self.plan.micro_batch_size
+        return int(micro) if micro is not None and micro < self.batch_size else None
+
+    @property
     def eval_batch_size(self) -> int:
+        # Under a micro-batch limit an evaluation pass (no gradients) takes no more rows than a
+        # training pass, so it fits wherever training fits.
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
         return max(self.batch_size, 256)
 
 
@@ -313,7 +445,6 @@ def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any]
                 model_files: dict[str, Any] | None) -> TrialRun:
     """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint."""
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     from ablate.models.registry import count_parameters
 
@@ -331,17 +462,18 @@ def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any]
     batch_size = int(hparams["batch_size"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hparams["learning_rate"]),
                                   weight_decay=float(hparams["weight_decay"]))
+    # Optimizer steps, one per global batch, whatever the micro-batches.
     total_steps = math.ceil(len(splits["train"]) / batch_size) * plan.max_epochs
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(float(hparams["warmup_ratio"]) * total_steps), total_steps
-    )
+    scheduler = make_scheduler(optimizer, hparams, total_steps)
+    # FLOPs are counted per sample on one forward/backward pass of the size training runs.
+    pass_rows = min(batch_size, plan.micro_batch_size or batch_size)
     run = TrialRun(
         trial=trial, plan=plan, hparams=hparams, device=device, splits=splits, model=model,
         optimizer=optimizer, scheduler=scheduler, n_params=count_parameters(model),
         hardware=hardware, energy=energy,
-        train_flops_per_sample=_flops_per_sample(model, splits["train"], batch_size, device,
+        train_flops_per_sample=_flops_per_sample(model, splits["train"], pass_rows, device,
                                                  backward=True),
-        eval_flops_per_sample=_flops_per_sample(model, splits["dev"], batch_size, device,
+        eval_flops_per_sample=_flops_per_sample(model, splits["dev"], pass_rows, device,
                                                 backward=False),
         setup_seconds=0.0, progress=Progress(),
     )
@@ -363,7 +495,7 @@ def _restore(run: TrialRun) -> None:
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
-    run.progress = Progress(**saved["state"])
+    run.progress = Progress.from_state(saved["state"], run.plan.metric)
     run.best_model = saved["best_model"]
 
 
@@ -380,7 +512,8 @@ def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
     loss_sum, seen = torch.zeros((), device=device), 0
     for step in range(math.ceil(len(train) / batch_size)):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        loss = train_step(run.model, run.optimizer, train.batch(idx, device), device)
+        loss = train_step(run.model, run.optimizer, train.batch(idx, device), device,
+                          micro_batch_size=run.micro_batch_size)
         run.scheduler.step()
         loss_sum += loss * len(idx)
         seen += len(idx)
@@ -390,12 +523,15 @@ def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
     return train_loss, seen, time.perf_counter() - start
 
 
-def _keep_if_best(run: TrialRun, epoch: int, dev_mcc: float) -> None:
-    """The checkpoint keeps the best model seen on dev next to the latest state."""
-    if run.best_model is None or dev_mcc > run.progress.best_dev_mcc:
+def _keep_if_best(run: TrialRun, epoch: int, dev: dict[str, float]) -> None:
+    """The checkpoint keeps the best model seen on dev (by the task's score) next to the
+    latest state."""
+    score = task_score(dev, run.plan.metric)
+    if run.best_model is None or score > run.progress.best_dev_score:
         run.best_model = {k: v.detach().to("cpu", copy=True)
                           for k, v in run.model.state_dict().items()}
-        run.progress.best_dev_mcc = dev_mcc
+        run.progress.best_dev_score = score
+        run.progress.best_dev_mcc = dev["mcc"]
         run.progress.best_epoch = epoch
 
 
@@ -419,6 +555,9 @@ def epoch_metrics(run: TrialRun, epoch: int, dev: dict[str, float], train_loss: 
         "peak_source": hardware.peak_source,
         "flops_method": FLOPS_METHOD,
         "epoch": epoch,
+        "seed": run.trial.seed,
+        "dev_score": task_score(dev, run.plan.metric),
+        "best_dev_score": progress.best_dev_score,
         "dev_mcc": dev["mcc"],
         "dev_accuracy": dev["accuracy"],
         "dev_f1": dev["f1"],
@@ -439,7 +578,8 @@ def _test_metrics(run: TrialRun) -> dict[str, float]:
     """Test is touched once, by the model chosen on dev."""
     run.model.load_state_dict(run.best_model)
     test = evaluate(run.model, run.splits["test"], run.device, batch_size=run.eval_batch_size)
-    return {f"test_{k}": v for k, v in test.items()}
+    return {**{f"test_{k}": v for k, v in test.items()},
+            "test_score": task_score(test, run.plan.metric)}
 
 
 def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
@@ -469,8 +609,16 @@ def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str
     for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
     trial = TrialConfig.from_tune(config)
-    plan = plans[trial.cell]
-    run = setup_trial(trial, plan, split_arrays, model_files)
+    run = setup_trial(trial, plans[trial.cell], split_arrays, model_files)
+    run_epochs(run)
+
+
+def run_epochs(run: TrialRun,
+               report: Callable[[TrialRun, dict[str, Any]], None] = report_epoch) -> None:
+    """Train the epochs a set-up trial has left, handing each epoch's metrics to ``report``
+    (``report_epoch``: to Tune, with a checkpoint), until the epoch budget or dev patience
+    ends it."""
+    trial, plan = run.trial, run.plan
     setup_seconds = run.setup_seconds
     for epoch in range(run.progress.epoch + 1, plan.max_epochs + 1):
         start = time.perf_counter()
@@ -485,8 +633,8 @@ def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str
         setup_seconds = 0.0
         progress.flops += (run.train_flops_per_sample * seen
                            + run.eval_flops_per_sample * len(run.splits["dev"]))
-        _keep_if_best(run, epoch, dev["mcc"])
-        # Early stopping on dev: the same patience rule in every cell.
+        _keep_if_best(run, epoch, dev)
+        # Early stopping on the dev score: the same patience rule in every cell.
         out_of_patience = (plan.patience is not None
                            and epoch - progress.best_epoch >= int(plan.patience))
         finished = epoch >= plan.max_epochs or out_of_patience
@@ -495,6 +643,6 @@ def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str
         if finished and trial.evaluate_test:
             metrics.update(_test_metrics(run))
             metrics["flops"] += run.eval_flops_per_sample * len(run.splits["test"])
-        report_epoch(run, metrics)
+        report(run, metrics)
         if finished:
             break

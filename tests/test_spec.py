@@ -127,10 +127,22 @@ def test_bad_search_space_is_reported(tmp_path):
         load_search_space(tmp_path, "transformer")
 
 
-def test_checked_in_studies_parse():
+def test_checked_in_studies_parse(monkeypatch, tmp_path):
     from ablate.spec import DEFAULT_SEARCH_SPACE_DIR as root
 
-    for path in sorted((root / "studies").glob("*.yaml")):
-        if "${" in path.read_text():
-            continue
-        assert expand_cells(load_study(path))
+    model = tmp_path / "DNABERT-2-117M"
+    model.mkdir()
+    (model / "tokenizer.json").write_text("{}")
+    for var, value in {"ABLATE_GUE_DIR": tmp_path, "DNABERT2_DIR": model,
+                       "GENOME_FASTA": tmp_path / "hg38.fa.gz"}.items():
+        monkeypatch.setenv(var, str(value))
+    paths = sorted((root / "studies").glob("*.yaml"))
+    assert {"demo.yaml", "gue_short.yaml", "gue_gpu.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        spec = load_study(path)
+        cells = expand_cells(spec)
+        assert cells, path
+        for cell in cells:  # every pretrained cell has its own from-scratch twin
+            if cell.pretraining != "none" and "none" in spec.axes.pretraining:
+                assert any(c.pretraining == "none" and c.architecture == cell.architecture
+                           and c.tokenizer == cell.tokenizer for c in cells), cell.name

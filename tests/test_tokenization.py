@@ -110,3 +110,66 @@ def test_build_tokenizer_dispatch(dnabert2_tokenizer_path):
     assert build_tokenizer(TokenizerChoice("char")).get_vocab_size() == 10
     assert build_tokenizer(TokenizerChoice("bpe", path=Path(dnabert2_tokenizer_path))) \
         .get_vocab_size() == 4096
+
+
+# --- special-token ids: ablate's own tokenizers use DNABERT-2's, a loaded one brings its own --
+
+
+def test_own_tokenizers_have_dnabert2_ids(dnabert2_tokenizer_path):
+    from ablate.tokenization import DNABERT2_IDS, special_ids
+
+    seqs = ["ACGTACGTACGTTTGA" * 4, "ACGTACGTGGGCCCAA" * 4] * 20
+    for tok in (char_tokenizer(), kmer_tokenizer(3), train_bpe_tokenizer(seqs, vocab_size=40),
+                load_tokenizer(dnabert2_tokenizer_path)):
+        assert special_ids(tok) == DNABERT2_IDS
+    assert DNABERT2_IDS.pad == PAD_ID and DNABERT2_IDS.cls == CLS_ID
+
+
+def test_nt_style_tokenizer_keeps_its_own_ids(tmp_path):
+    from ablate.tokenization import SpecialIds, special_ids
+    from tests.checkpoints import nt_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    nt_tokenizer().save(str(path))
+    tok = load_tokenizer(path)  # no longer needs DNABERT-2's ids
+    assert special_ids(tok) == SpecialIds(pad=1, cls=3, sep=4, mask=2, unk=0)
+    assert special_ids(tok).ids == (0, 1, 2, 3, 4)
+    enc = tok.encode("ACGTACGTACGTN")
+    assert enc.tokens == ["<cls>", "ACGTAC", "GTACGT", "N"] and enc.ids[0] == 3
+    table = complement_ids(tok)
+    vocab = tok.get_vocab()
+    assert all(table[i] == i for i in range(5))  # <unk> <pad> <mask> <cls> <eos>
+    assert table[vocab["AAAAAC"]] == vocab["TTTTTG"] and table[vocab["A"]] == vocab["T"]
+
+
+def test_load_accepts_any_ids_with_a_padding_token(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from ablate.tokenization import SpecialIds, special_ids
+
+    tok = Tokenizer(models.WordLevel({"A": 0, "C": 1, "<pad>": 7, "[UNK]": 2},
+                                     unk_token="[UNK]"))
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))  # <pad> is a plain vocabulary entry here, not an added special token
+    assert special_ids(load_tokenizer(path)) == SpecialIds(pad=7, unk=2)
+    assert SpecialIds(pad=7, unk=2).ids == (2, 7)
+    no_pad = Tokenizer(models.WordLevel({"A": 0, "<unk>": 1}, unk_token="<unk>"))
+    with pytest.raises(AblateError, match=r"no padding token.*\[PAD\], <pad>"):
+        special_ids(no_pad)
+    no_pad.save(str(tmp_path / "nopad.json"))
+    with pytest.raises(AblateError, match="nopad.json"):
+        load_tokenizer(tmp_path / "nopad.json")
+
+
+def test_complement_keeps_the_tokenizers_own_specials():
+    from tokenizers import Tokenizer, models
+
+    # Special tokens whose names complement each other, as A and T do: each stays itself.
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "<A>": 1, "<T>": 2, "A": 3, "T": 4, "C": 5},
+                                     unk_token="<pad>"))
+    tok.add_special_tokens(["<pad>", "<A>", "<T>"])
+    assert complement_ids(tok) == [0, 1, 2, 4, 3, 5]
+    # A plain token whose complement is a special token's name does not map onto it either.
+    tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[GLS]": 1, "[CLS]": 2}, unk_token="[PAD]"))
+    tok.add_special_tokens(["[PAD]", "[CLS]"])
+    assert complement_ids(tok) == [0, 1, 2]
