@@ -217,17 +217,18 @@ def report(
     spec = load_study(study)
     uri = tracking_uri or spec.tracking.uri
     out_dir = out or Path("reports") / spec.name
-    result = write_report(uri, spec.name, out_dir)
+    result = write_report(uri, spec.name, out_dir, contrasts=spec.contrasts)
     table = Table(title=f"study {spec.name} (sweep {result.sweep})")
     for column in ("task", "architecture", "pretraining", "tokenizer"):
         table.add_column(column)
-    for column in ("trials (done/stopped/failed)", "best dev MCC", "wall s", "FLOPs"):
+    for column in ("trials (done/stopped/failed)", "best dev score", "wall s", "FLOPs"):
         table.add_column(column, justify="right")
     for row in result.cells.itertuples():
         table.add_row(
             row.task, row.architecture, row.pretraining, row.tokenizer,
             f"{row.trials} ({row.completed}/{row.pruned}/{row.failed})",
-            f"{row.best_dev_mcc:.4f}", f"{row.wall_seconds:.1f}", f"{row.flops:.3g}",
+            f"{row.best_dev_score:.4f} {row.metric}", f"{row.wall_seconds:.1f}",
+            f"{row.flops:.3g}",
         )
     console = _console()
     for line in result.summary:

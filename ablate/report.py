@@ -1,9 +1,15 @@
 """Render a study: ``report.md``, a self-contained ``report.html``, CSV tables and PNG plots.
 
-The report opens with a plain-language answer to the study's three questions (transformer vs
-convolution, what pretraining contributes, what BPE does), each with its effect size, interval
-and Holm-adjusted p-value, and "not significant" where it is not; then the budget table (and any
-cell whose budget differs), failures, comparisons, tuning curves and cost-benefit curves.
+The report opens with the headline contrast (each pretrained transformer with its own tokenizer
+against the best convolutional model from scratch, task by task), then a plain-language answer
+to the study's three questions (transformer vs convolution, what pretraining contributes, what
+BPE does), each with its effect size, interval and Holm-adjusted p-value, and "not significant"
+where it is not; then the study's further contrasts, the comparisons with both arms' parameter
+counts, the tasks (metric, k-mer floor, caveats), what the pretraining corpora held of the
+study's dev/test sequences, hyperparameters at an edge of their search range, the budget table
+(and any cell whose budget differs), break-even, tuning curves and cost-benefit curves.
+
+Scores are each task's own metric (MCC, or macro F1 for virus/covid); tables say which.
 """
 
 from __future__ import annotations
@@ -11,19 +17,33 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ablate import analysis
-from ablate.tracking.schema import Tag, tag_column
+from ablate.spec import HEADLINE_CONTRAST, Contrast
+from ablate.tracking.schema import Family, Tag, tag_column
 
 QUESTIONS = {
     "architecture": "Do pretrained transformers beat convolutional models?",
     "pretraining": "What does pretraining itself contribute?",
     "tokenizer": "What does BPE tokenization do?",
 }
+SIZE_MARK = "‡"
+EXTENSION_MARK = "†"
+EXPOSURE_MARK = "§"
+SIZE_NOTE = (f"{SIZE_MARK} the two arms' parameter counts differ by more than "
+             f"{analysis.SIZE_MISMATCH:g}x: part of the difference may be model size, not design.")
+EXTENSION_NOTE = (f"{EXTENSION_MARK} a convolutional model with a non-char tokenizer: ablate's own "
+                  "extension (the released ConvNova reads single nucleotides only).")
+EXPOSURE_TEXT = ("the external checkpoint's pretraining exposure to this study's dev/test "
+                 "sequences is unknown")
+EXPOSURE_NOTE = f"{EXPOSURE_MARK} {EXPOSURE_TEXT} (it was pretrained elsewhere)."
+LEGEND = {SIZE_MARK: SIZE_NOTE, EXTENSION_MARK: EXTENSION_NOTE, EXPOSURE_MARK: EXPOSURE_NOTE}
 
 
 @dataclass
@@ -33,6 +53,8 @@ class Report:
     sweep: str
     comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     summary: list[str] = field(default_factory=list)
+    contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    headline: list[str] = field(default_factory=list)
 
     @property
     def markdown(self) -> Path:
@@ -52,15 +74,23 @@ def _label(row) -> str:
     return f"{row.architecture}/{row.pretraining}/{row.tokenizer}"
 
 
+def _marker(family: str) -> str:
+    return "x" if family == Family.BASELINE else "o"
+
+
 def plot_cost_vs_mcc(table: pd.DataFrame, path: Path) -> None:
+    """Search cost against best dev score (the task's metric), one point per cell; the k-mer
+    floor is drawn with crosses."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in table.itertuples():
-        ax.scatter(row.wall_seconds, row.best_dev_mcc, s=40)
-        ax.annotate(f"{_label(row)} {row.task}", (row.wall_seconds, row.best_dev_mcc),
+        ax.scatter(row.wall_seconds, row.best_dev_score, s=40,
+                   marker=_marker(getattr(row, "family", "")))
+        ax.annotate(f"{_label(row)} {row.task}", (row.wall_seconds, row.best_dev_score),
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel="total search wall seconds in the cell", ylabel="best dev MCC",
-           title="Search cost vs accuracy, one point per cell")
+    ax.set(xlabel="total search wall seconds in the cell",
+           ylabel="best dev score (the task's metric)",
+           title="Search cost vs accuracy, one point per cell (x: k-mer floor)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -72,7 +102,7 @@ def plot_tuning_curves(curves: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cell, curve in sorted(curves.items()):
         ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=cell)
-    ax.set(xlabel="trials spent", ylabel="expected best dev MCC",
+    ax.set(xlabel="trials spent", ylabel="expected best dev score",
            title="Tuning curves (expected max over random subsets of the cell's trials)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")
@@ -82,10 +112,11 @@ def plot_tuning_curves(curves: dict, path: Path) -> None:
 
 
 def plot_cost_benefit(frame: pd.DataFrame, path: Path) -> None:
-    """Test MCC against cost (device-hours, FLOPs) per cell, one column per amortisation rule.
+    """Test score against cost (device-hours, FLOPs) per cell, one column per amortisation rule.
 
     Cost = the cell's search trials + its replicates + its share of pretraining under the rule.
-    Circled points are on the Pareto front of their task (no cell cheaper and better).
+    Circled points are on the Pareto front of their task (no cell cheaper and better); crosses
+    are the k-mer floor.
     """
     plt = _plt()
     rules = list(dict.fromkeys(frame["rule"]))
@@ -93,13 +124,18 @@ def plot_cost_benefit(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(len(costs), len(rules), figsize=(5 * len(rules), 8), squeeze=False)
     for i, cost in enumerate(costs):
         for ax, rule in zip(axes[i], rules, strict=True):
-            sub = frame[(frame["rule"] == rule) & frame["test_mcc"].notna()]
-            for condition, group in sub.groupby(["architecture", "pretraining", "tokenizer"]):
-                ax.scatter(group[cost], group["test_mcc"], s=25, label="/".join(condition))
+            sub = frame[(frame["rule"] == rule) & frame["test_score"].notna()]
+            for (family, *condition), group in sub.groupby(
+                    ["family", "architecture", "pretraining", "tokenizer"]):
+                label = "/".join(condition)
+                if family == Family.BASELINE:
+                    label = f"{label} (k-mer floor)"
+                ax.scatter(group[cost], group["test_score"], s=25, marker=_marker(family),
+                           label=label)
             front = sub[sub["pareto"]]
-            ax.scatter(front[cost], front["test_mcc"], s=110, facecolors="none",
+            ax.scatter(front[cost], front["test_score"], s=110, facecolors="none",
                        edgecolors="k", label="Pareto front (per task)")
-            ax.set(xlabel=cost.replace("_", " "), ylabel="mean test MCC",
+            ax.set(xlabel=cost.replace("_", " "), ylabel="mean test score (the task's metric)",
                    title=f"pretraining charged: {rule}")
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
             ax.grid(alpha=0.3)
@@ -109,12 +145,78 @@ def plot_cost_benefit(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _sentence(row) -> str:
+# --- sentences -------------------------------------------------------------------------------
+
+
+def count_text(n: float) -> str:
+    """A parameter count in short form: 1.69M, 12.3k, or ? when unknown."""
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return "?"
+    if math.isnan(n):
+        return "?"
+    if n >= 1e9:
+        return f"{n / 1e9:.3g}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:.0f}"
+
+
+def marks(row) -> str:
+    """The marks of a comparison or contrast row (see ``LEGEND``)."""
+    out = ""
+    if getattr(row, "size_mismatch", False):
+        out += SIZE_MARK
+    if getattr(row, "treatment_extension", False) or getattr(row, "baseline_extension", False):
+        out += EXTENSION_MARK
+    if getattr(row, "exposure_unknown", False):
+        out += EXPOSURE_MARK
+    return out
+
+
+def legend(rows: pd.DataFrame) -> list[str]:
+    """The one-line explanation of each mark the rows carry."""
+    used = "".join(marks(r) for r in rows.itertuples())
+    return [note for mark, note in LEGEND.items() if mark in used]
+
+
+def _size_text(row) -> str:
+    ratio = "" if pd.isna(row.size_ratio) else f", ratio {row.size_ratio:.2f}"
+    mark = f" {SIZE_MARK}" if row.size_mismatch else ""
+    return (f"{count_text(row.treatment_params)} vs {count_text(row.baseline_params)} "
+            f"parameters{ratio}{mark}")
+
+
+def _stats_text(row) -> str:
     ci = f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
     p = "untested" if pd.isna(row.p_value) else f"p = {row.p_value:.3g} (Holm {row.p_holm:.3g})"
-    return (f"{row.treatment} vs {row.baseline} ({_fixed(row)}): mean test MCC difference "
-            f"{row.mean_difference:+.3f}, 95% CI {ci}, Wilcoxon {p}, P(improvement) "
-            f"{row.prob_improvement:.2f} over {row.n_tasks} task(s): **{row.verdict}**")
+    metric = row.metric.replace("+", " / ")
+    return (f"mean test score difference ({metric}) {row.mean_difference:+.3f}, 95% CI {ci}, "
+            f"Wilcoxon {p}, P(improvement) {row.prob_improvement:.2f} over {row.n_tasks} "
+            f"task(s)")
+
+
+def _arm(name: str, extension: bool) -> str:
+    return f"{name} {EXTENSION_MARK}" if extension else name
+
+
+def _exposure_text(row) -> str:
+    return f"; {EXPOSURE_MARK} {EXPOSURE_TEXT}" if row.exposure_unknown else ""
+
+
+def _sentence(row) -> str:
+    return (f"{_arm(row.treatment, row.treatment_extension)} vs "
+            f"{_arm(row.baseline, row.baseline_extension)} ({_fixed(row)}): {_stats_text(row)}; "
+            f"{_size_text(row)}: **{row.verdict}**{_exposure_text(row)}")
+
+
+def _contrast_sentence(row) -> str:
+    return (f"{_arm(row.treatment, row.treatment_extension)} vs "
+            f"{_arm(row.control, row.baseline_extension)}: {_stats_text(row)}; "
+            f"{_size_text(row)}: **{row.verdict}**{_exposure_text(row)}")
 
 
 def _fixed(row) -> str:
@@ -128,11 +230,16 @@ def summarise(comps: pd.DataFrame, has_replicates: bool) -> list[str]:
     for axis, question in QUESTIONS.items():
         lines.append(f"**{question}**")
         rows = comps[comps["axis"] == axis] if not comps.empty else comps
+        if axis == "architecture":
+            lines.append("Architectures are compared with pretraining and tokenizer held fixed; "
+                         "the k-mer baseline is the floor, in neither group. The headline "
+                         "contrast above varies all three together.")
         if not has_replicates:
             lines.append("No replicates were run (the study stopped after the search), so "
                          "there is no test-set comparison; see the dev-set budget table.")
         elif rows.empty:
-            lines.append("The study has no pair of conditions along this axis.")
+            lines.append("The study has no pair of conditions along this axis with the other "
+                         "two held fixed.")
         else:
             significant = rows[rows["verdict"] == "significant"]
             lines.append(
@@ -144,12 +251,47 @@ def summarise(comps: pd.DataFrame, has_replicates: bool) -> list[str]:
     return lines
 
 
+def summarise_contrasts(rows: pd.DataFrame, pattern: Contrast, has_replicates: bool,
+                        treated: Sequence[str], controls: Sequence[str],
+                        family_size: int) -> list[str]:
+    """One contrast in words: its sides, then one sentence per treatment (and control)."""
+    lines = [f"Each cell of [{analysis.pattern_text(pattern.treatment)}] against "
+             + ("the best (by dev score, on each task) of "
+                if pattern.control_choice == "best" else "each of ")
+             + f"[{analysis.pattern_text(pattern.control)}] on the same task, paired by "
+             "replicate seed."]
+    if not has_replicates:
+        lines.append("No replicates were run, so there is no test-set contrast.")
+    elif not len(treated):
+        lines.append(f"The study has no cell on the treatment side "
+                     f"({analysis.pattern_text(pattern.treatment)}).")
+    elif not len(controls):
+        lines.append(f"The study has no cell on the control side "
+                     f"({analysis.pattern_text(pattern.control)}).")
+    elif rows.empty:
+        lines.append("No task has replicates of both sides with the same seeds.")
+    else:
+        significant = rows[rows["verdict"] == "significant"]
+        lines.append(f"{len(significant)} of {len(rows)} contrast(s) significant after Holm "
+                     f"correction over all {family_size} contrast rows (alpha 0.05).")
+        lines += [f"- {_contrast_sentence(r)}" for r in rows.itertuples()]
+    lines.append("")
+    return lines
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
 def _markdown(frame: pd.DataFrame) -> str:
     """A Markdown table; the '|' inside cell names is escaped so it does not split columns."""
     escaped = frame.apply(
         lambda col: col.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
     )
     return escaped.to_markdown(index=False, floatfmt=".4g")
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
 
 
 def _image(path: Path) -> str:
@@ -173,21 +315,170 @@ def _md_para(lines: list[str]) -> str:
     )
 
 
-def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None = None) -> Report:
-    """Query MLflow for a study's latest sweep (or ``sweep``) and write every report file."""
+@dataclass
+class _Section:
+    """One section of both renderings: paragraphs, then optional tables, then more text."""
+
+    title: str
+    lines: list[str] = field(default_factory=list)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+    def markdown(self) -> list[str]:
+        out = [f"## {self.title}", "", *self.lines]
+        for table in self.tables:
+            out += ["", _markdown(table), ""]
+        return [*out, *self.after, ""]
+
+    def html(self) -> tuple[str, str]:
+        return self.title, (_md_para(self.lines) + "".join(_table_html(t) for t in self.tables)
+                            + _md_para(self.after))
+
+
+def _with_marks(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out.insert(1, "marks", [marks(r) for r in frame.itertuples()])
+    for column in ("treatment_params", "baseline_params"):
+        out[column] = out[column].map(count_text)
+    return out
+
+
+def _comparison_section(comps: pd.DataFrame) -> _Section:
+    section = _Section("Comparisons")
+    if comps.empty:
+        section.lines = ["No replicates or no pair of conditions, so no test comparisons."]
+        return section
+    shown = ["comparison", "metric", "mean_difference", "ci_low", "ci_high", "p_value", "p_holm",
+             "verdict", "n_tasks", "treatment_params", "baseline_params", "size_ratio"]
+    section.lines = ["Each row pairs two conditions task by task and seed by seed on the "
+                     "task's score; parameter counts are the median over each arm's "
+                     "compared runs.", *legend(comps)]
+    section.tables = [_with_marks(comps)[["comparison", "marks", *shown[1:]]]]
+    return section
+
+
+def _contrast_tables(contr: pd.DataFrame, per_task: pd.DataFrame) -> list[pd.DataFrame]:
+    tables = []
+    if len(contr):
+        shown = ["comparison", "marks", "metric", "mean_difference", "ci_low", "ci_high",
+                 "p_holm", "verdict", "n_tasks", "treatment_params", "baseline_params",
+                 "size_ratio"]
+        tables.append(_with_marks(contr)[shown].rename(columns={"baseline_params":
+                                                                "control_params"}))
+    if len(per_task):
+        tables.append(per_task[["task", "treatment_cell", "control_cell", "control_dev_score",
+                                "seeds", "treatment_test", "control_test", "difference"]])
+    return tables
+
+
+def _tasks_section(table: pd.DataFrame, floor: pd.DataFrame, notes: pd.DataFrame) -> _Section:
+    section = _Section("Tasks: metric, k-mer floor and caveats")
+    if table.empty:
+        section.lines = ["No cells."]
+        return section
+    rows = []
+    for task, group in table.groupby("task", sort=True):
+        own = floor[floor["task"] == task]
+        note = notes[notes["task"] == task]
+        rows.append({
+            "task": task,
+            "metric": "+".join(sorted(set(group["metric"]))),
+            "k-mer floor (test)": ("; ".join(
+                f"{c}: {s:.4g}" if pd.notna(s) else f"{c}: no replicates"
+                for c, s in zip(own["cell"], own["test_score"], strict=True)) or "none run"),
+            "caveat": " ".join(note["caveat"]),
+            "caveat figures": " ".join(note["figures"]),
+        })
+    section.lines = [
+        "Each task is scored with its own metric (MCC, or macro F1 for virus/covid); runs "
+        "written before the task metrics were logged are scored with MCC. The k-mer baseline "
+        "is the floor a model must clear on each task; it is in neither group of the "
+        "transformer-vs-convolution question."]
+    section.tables = [pd.DataFrame(rows)]
+    return section
+
+
+def _leakage_section(leaks: pd.DataFrame, uses: dict[str, str]) -> _Section:
+    section = _Section("Pretraining corpora: leakage and exposure")
+    if leaks.empty:
+        section.lines = ["No cell starts from a pretrained model."]
+        return section
+    shown = leaks.assign(used_by=leaks["run_id"].map(uses).fillna(""))
+    section.lines = [
+        "Per pretraining run used: its corpus size, the corpus sequences removed as leaked "
+        "(equal to, containing or contained in a dev/test sequence of a study task, or its "
+        "reverse complement) and, per task, how many of that task's dev/test sequences the "
+        "corpus held before filtering."]
+    section.tables = [shown[["name", "kind", "used_by", "corpus_sequences", "leaked_removed",
+                             "exposure"]]]
+    if (leaks["kind"] == analysis.EXTERNAL_KIND).any():
+        section.after = [f"{EXPOSURE_MARK} External checkpoints were pretrained elsewhere, on "
+                         f"corpora this study did not filter: {EXPOSURE_TEXT}."]
+    return section
+
+
+def _edge_section(table: pd.DataFrame, has_spaces: bool) -> _Section:
+    section = _Section("Hyperparameters at an edge of their search range")
+    flagged = table[table["at_edge"].astype(bool)] if "at_edge" in table else table.head(0)
+    if not has_spaces:
+        section.lines = ["The cell runs carry no search ranges, so no edge check was made."]
+    elif flagged.empty:
+        section.lines = ["No cell's best configuration sits at an edge of its search range."]
+    else:
+        section.lines = [
+            f"{len(flagged)} cell(s) have a best value within "
+            f"{analysis.EDGE_MARGIN:.0%} of an end of its range (of its log width for log "
+            "ranges; a low of 0 is a natural bound, not an edge): the best may lie outside "
+            "the searched range, so widen it and search again before trusting these cells."]
+        section.tables = [flagged[["cell", "best_dev_score", "at_edge"]]]
+    return section
+
+
+def _patterns(extra: Sequence[Contrast]) -> list[Contrast]:
+    """The headline contrast first, then the spec's (one per name)."""
+    out = {HEADLINE_CONTRAST.name: HEADLINE_CONTRAST}
+    for pattern in extra:
+        out.setdefault(pattern.name, pattern)
+    return list(out.values())
+
+
+def _cell_view(table: pd.DataFrame) -> pd.DataFrame:
+    view = table.copy()
+    view["cell"] = [f"{c} {EXTENSION_MARK}" if e else c
+                    for c, e in zip(view["cell"], view["extension"], strict=True)]
+    view["n_params"] = view["n_params"].map(count_text)
+    return view
+
+
+def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None = None,
+                 contrasts: Sequence[Contrast] = ()) -> Report:
+    """Query MLflow for a study's latest sweep (or ``sweep``) and write every report file.
+
+    ``contrasts`` are the study's own (``StudySpec.contrasts``); ``HEADLINE_CONTRAST`` is
+    always computed and stated first.
+    """
     sweep = sweep or analysis.latest_sweep(tracking_uri, study)[1]
     all_runs = analysis.runs(tracking_uri, study, sweep)
     trial_runs = analysis.search_trials(all_runs)
     reps = analysis.replicates(all_runs)
-    table = analysis.cells(trial_runs, all_runs if len(reps) else None)
+    table = analysis.cells(trial_runs, all_runs if len(reps) else None, cell_runs=all_runs)
     parity = analysis.budget_parity(table)
     table["budget_equal"] = table["cell"].map(parity)
     comps = analysis.comparisons(reps) if len(reps) else pd.DataFrame()
-    pre_ids = analysis._column(all_runs, analysis.PRETRAIN_RUN, None).dropna().unique()
-    costs = analysis.pretrain_costs(tracking_uri, list(pre_ids))
+    patterns = _patterns(contrasts)
+    contr = analysis.contrasts(reps, table, patterns)
+    per_task = analysis.contrast_tasks(reps, table, patterns)
+    linked = all_runs.assign(link=analysis._column(all_runs, analysis.PRETRAIN_RUN, None))
+    pre_ids = list(linked["link"].dropna().unique())
+    costs = analysis.pretrain_costs(tracking_uri, pre_ids)
+    leaks = analysis.leakage(analysis.pretraining_runs(tracking_uri, pre_ids))
+    uses = {link: ", ".join(sorted(set(group[tag_column(Tag.PRETRAINING)].dropna())))
+            for link, group in linked.dropna(subset=["link"]).groupby("link")}
     benefit = analysis.cost_benefit(all_runs, costs)
     even = analysis.break_even(trial_runs, costs)
     curves = analysis.tuning_curves(trial_runs)
+    floor = analysis.kmer_floor(table)
+    notes = analysis.caveats(all_runs)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,53 +487,74 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     csv_table.to_csv(out / "cells.csv", index=False)
     reps.to_csv(out / "replicates.csv", index=False)
     comps.to_csv(out / "comparisons.csv", index=False)
+    contr.to_csv(out / "contrasts.csv", index=False)
+    per_task.to_csv(out / "contrast_tasks.csv", index=False)
     benefit.to_csv(out / "cost_benefit.csv", index=False)
     even.to_csv(out / "break_even.csv", index=False)
+    leaks.to_csv(out / "leakage.csv", index=False)
     plots = [out / "cost_vs_mcc.png"]
     plot_cost_vs_mcc(table, plots[0])
     if curves:
         plots.append(out / "tuning_curves.png")
         plot_tuning_curves(curves, plots[-1])
-    if len(benefit) and benefit["test_mcc"].notna().any():
+    if len(benefit) and benefit["test_score"].notna().any():
         plots.append(out / "cost_benefit.png")
         plot_cost_benefit(benefit, plots[-1])
     friedman_line = _friedman(reps, out, plots)
 
-    summary = summarise(comps, has_replicates=bool(len(reps)))
+    has_reps = bool(len(reps))
+    summary = summarise(comps, has_replicates=has_reps)
+    blocks = []
+    for pattern in patterns:
+        rows = contr[contr["contrast"] == pattern.name] if len(contr) else contr
+        tasks = per_task[per_task["contrast"] == pattern.name]
+        section = _Section(("Headline: " if pattern is HEADLINE_CONTRAST else "Contrast: ")
+                           + pattern.name)
+        section.lines = summarise_contrasts(
+            rows, pattern, has_reps, analysis.matching_cells(reps, table, pattern.treatment),
+            analysis.matching_cells(reps, table, pattern.control), len(contr))
+        section.tables = _contrast_tables(rows, tasks)
+        if len(rows):
+            section.after = [f"Holm over the {len(contr)} contrast rows (one family, apart from "
+                             "the single-axis comparisons).", *legend(rows)]
+        blocks.append(section)
+    headline = blocks[0].lines
     data_tags = analysis._column(all_runs, tag_column(Tag.DATA), "").dropna().unique()
     synthetic = any(str(v).startswith("synthetic") for v in data_tags)
     budget_note = ("All cells had the same budget." if all(parity.values()) else
                    "**Budgets differ**: comparisons involving cells marked False in "
                    "budget_equal are not fair.")
-    shown = ["cell", "trials", "completed", "pruned", "failed", "max_epochs", "budget_equal",
-             "best_dev_mcc", "device_hours", "wall_seconds", "flops"]
-    shown += [c for c in ("replicates", "collapsed", "replicate_failures", "test_mcc")
+    shown = ["cell", "family", "metric", "trials", "completed", "pruned", "failed", "max_epochs",
+             "budget_equal", "best_dev_score", "n_params", "device_hours", "wall_seconds",
+             "flops"]
+    shown += [c for c in ("replicates", "collapsed", "replicate_failures", "test_score")
               if c in table]
+    extension = [EXTENSION_NOTE] if table["extension"].any() else []
+    budget = _Section("Budget per cell", [budget_note, *extension], [_cell_view(table)[shown]])
+    questions = _Section("The three questions", [*summary, friedman_line])
+    sections = [blocks[0], questions, *blocks[1:], _comparison_section(comps),
+                _tasks_section(table, floor, notes), _leakage_section(leaks, uses),
+                _edge_section(table, bool(analysis.search_spaces(all_runs))), budget]
+    if len(even):
+        sections.append(_Section("Break-even of pretraining", [], [even]))
+
     lines = [f"# Study `{study}`", "",
              f"Sweep `{sweep}` in `{tracking_uri}`. Configurations are selected on dev; test is "
-             "evaluated once per replicate of each cell's best configuration.", ""]
+             "evaluated once per replicate of each cell's best configuration. Scores are each "
+             "task's own metric (the metric column says which).", ""]
     if synthetic:
         lines += ["**Data: synthetic GUE-shaped sequences with planted motifs, not real GUE.**",
                   ""]
-    lines += ["## The three questions", "", *summary, friedman_line, "",
-              "## Budget per cell", "", budget_note, "",
-              _markdown(table[shown]), ""]
-    if len(even):
-        lines += ["## Break-even of pretraining", "", _markdown(even), ""]
+    for section in sections:
+        lines += section.markdown()
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
-    sections = [("The three questions", _md_para(summary + [friedman_line])),
-                ("Budget per cell", _md_para([budget_note]) + table[shown].to_html(
-                    index=False, float_format=lambda v: f"{v:.4g}")),
-                ("Comparisons", comps.to_html(index=False, float_format=lambda v: f"{v:.4g}")
-                 if len(comps) else "<p>No replicates, no test comparisons.</p>"),
-                ("Break-even of pretraining", even.to_html(index=False) if len(even)
-                 else "<p>No pretrained cells.</p>"),
-                ("Plots", "".join(_image(p) for p in plots))]
+    rendered = [s.html() for s in sections] + [("Plots", "".join(_image(p) for p in plots))]
     title = f"ablate study {study}" + (" (synthetic data)" if synthetic else "")
-    (out / "report.html").write_text(_html(title, sections))
-    return Report(folder=out, cells=table, sweep=sweep, comparisons=comps, summary=summary)
+    (out / "report.html").write_text(_html(title, rendered))
+    return Report(folder=out, cells=table, sweep=sweep, comparisons=comps, summary=summary,
+                  contrasts=contr, headline=headline)
 
 
 def _friedman(reps: pd.DataFrame, out: Path, plots: list[Path]) -> str:
@@ -253,7 +565,7 @@ def _friedman(reps: pd.DataFrame, out: Path, plots: list[Path]) -> str:
     if usable.empty:
         return ""
     usable["condition"] = usable[analysis.AXES].agg("/".join, axis=1)
-    scores = usable.pivot_table(index="task", columns="condition", values="test_mcc").dropna()
+    scores = usable.pivot_table(index="task", columns="condition", values="test_score").dropna()
     if scores.shape[1] < 3 or scores.shape[0] < 2:
         return ("Friedman test: needs at least 3 conditions on at least 2 complete tasks "
                 f"(have {scores.shape[1]} on {scores.shape[0]}).")

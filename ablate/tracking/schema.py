@@ -105,6 +105,10 @@ class MetricName:
     # in a dev/test sequence (or its reverse complement) of a study task
     LEAKED_REMOVED = "corpus_leaked_removed"
     CORPUS_SEQUENCES = "corpus_sequences"
+    # pretraining runs: "exposure/<task>[/<split>]", dev/test sequences of a task found in the
+    # corpus before filtering; cell runs: "caveat_<name>", what the task's data lets it measure
+    EXPOSURE_PREFIX = "exposure/"
+    CAVEAT_PREFIX = "caveat_"
     WALL_SECONDS = "wall_seconds"
     FLOPS = "flops"
     DEVICE_HOURS = "device_hours"
