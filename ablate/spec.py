@@ -314,9 +314,14 @@ class StudySpec(_Strict):
         if unknown:
             raise ValueError(f"axes.architecture: unknown value(s) {unknown}; allowed: "
                              f"{list(ARCHITECTURES)} or a name of external_checkpoints")
-        if "kmer" in self.axes.architecture and "char" not in self.axes.tokenizer:
-            raise ValueError("axes.architecture: kmer counts k-mers of single-nucleotide "
-                             "tokens; add char to axes.tokenizer (its cells use char only)")
+        from ablate.models.registry import TOKENIZER_KINDS
+
+        for arch in self.axes.architecture:
+            kinds = TOKENIZER_KINDS.get(arch)
+            if kinds and not any(t.partition(":")[0] in kinds for t in self.axes.tokenizer):
+                raise ValueError(f"axes.architecture: {arch} counts k-mers of single-nucleotide "
+                                 f"tokens; add {' or '.join(kinds)} to axes.tokenizer (its cells "
+                                 "use it only)")
         return self
 
     @model_validator(mode="after")
@@ -549,7 +554,7 @@ def family_of(spec: StudySpec, architecture: str) -> str:
     checkpoint is a transformer."""
     from ablate.models import registry
 
-    if architecture in getattr(registry, "BASELINES", ("kmer",)):
+    if architecture in registry.BASELINES:
         return "baseline"
     if architecture in registry.CONVOLUTIONAL:
         return "convolutional"
@@ -563,9 +568,12 @@ def _is_cell(spec: StudySpec, arch: str, pre: str, tok: str) -> bool:
         return tok == external.tokenizer and (kind == "none" or pre == f"external:{arch}")
     if kind == "external":
         return False
-    if arch == "kmer":
-        return tok == "char" and kind == "none"
-    return True
+    from ablate.models import registry
+
+    if arch not in registry.PRETRAINABLE and kind != "none":
+        return False
+    allowed = registry.TOKENIZER_KINDS.get(arch)
+    return allowed is None or tok.partition(":")[0] in allowed
 
 
 # --- search spaces -------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from ablate.models.registry import ARCHITECTURES
+from ablate.models.registry import PRETRAINABLE as ARCHITECTURES  # the k-mer floor aside
 from ablate.spec import Cell
 from ablate.tracking.schema import (
     PRETRAIN_EXPERIMENT,

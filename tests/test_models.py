@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ablate.errors import AblateError
-from ablate.models.convnova import ConvNovaConfig, TokenConv, dilation_schedule
+from ablate.models.convnova import ConvNovaConfig, TokenConv, dilation_schedule, receptive_field
 from ablate.models.heads import MaskedLanguageModel, SequenceClassifier, masked_mean_pool
 from ablate.models.io import load_encoder_weights, load_model, save_model
+from ablate.models.kmer import KmerConfig, KmerEncoder, char_base_ids, kmer_frequencies
 from ablate.models.mlm import mask_tokens
 from ablate.models.registry import (
     ARCHITECTURES,
+    BASELINES,
+    CONVOLUTIONAL,
     PRESETS,
+    PRETRAINABLE,
+    TOKENIZER_KINDS,
     build_classifier,
     build_encoder,
     build_mlm,
     count_parameters,
 )
 from ablate.models.unet import UNetConfig
+from ablate.tokenization import char_tokenizer
 
 PAD, MASK = 3, 4
 RELEASED_NT_PARAMETERS = 1_688_448
 DNABERT2_PARAMETERS = 117_000_000  # "DNABERT-2-117M"
 
 
+def _preset(arch: str) -> str:
+    """The smallest preset: `tiny` where there is one (the k-mer floor has `base` only)."""
+    return "tiny" if "tiny" in PRESETS[arch] else PRESETS[arch][0]
+
+
 def _classifier(arch: str, vocab_size: int = 10, num_classes: int = 2, **kwargs):
     torch.manual_seed(0)
     return build_classifier(
-        arch, preset="tiny", vocab_size=vocab_size, num_classes=num_classes, max_len=64,
+        arch, preset=_preset(arch), vocab_size=vocab_size, num_classes=num_classes, max_len=64,
         **kwargs,
     )
 
@@ -61,7 +75,7 @@ def _padded_batch(vocab_size: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
 # --- architectures -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", PRETRAINABLE)
 @pytest.mark.parametrize("vocab_size", [10, 4096])
 def test_outputs_have_right_shape_and_are_finite(arch, vocab_size):
     model = _mlm(arch, vocab_size=vocab_size)
@@ -189,6 +203,181 @@ def test_masked_mean_pool_averages_real_positions_only():
     torch.testing.assert_close(masked_mean_pool(hidden, mask), torch.tensor([[2.0], [4.0]]))
 
 
+def test_convnova_small_and_nt_keep_the_released_dilation_schedule():
+    for preset in ("small", "nt"):
+        encoder = build_encoder("convnova", preset=preset, vocab_size=10, max_len=512)
+        assert [block.conv.dilation[0] for block in encoder.blocks] == [1, 1, 1, 4, 16]
+        assert [block.gate.dilation[0] for block in encoder.blocks] == [1, 1, 1, 4, 16]
+        assert receptive_field(encoder.config) == 193
+    tiny = build_encoder("convnova", preset="tiny", vocab_size=10, max_len=512)
+    assert [block.conv.dilation[0] for block in tiny.blocks] == [1, 1, 1, 2]
+    assert receptive_field(tiny.config) == 49
+    small = build_encoder("convnova", preset="small", vocab_size=10, max_len=512)
+    print(f"ConvNova small encoder, vocab 10: {count_parameters(small):,} parameters")
+    assert small.hidden_size == 64 and count_parameters(small) == 432_192
+
+
+@pytest.mark.parametrize("input_layer", ["conv", "embedding"])
+def test_convnova_receptive_field_is_what_the_model_sees(input_layer):
+    torch.manual_seed(0)
+    encoder = build_encoder("convnova", preset="tiny", vocab_size=10, max_len=128, dropout=0.0,
+                            overrides={"input_layer": input_layer}).eval()
+    ids = _random_ids(1, 121, 10)
+    changed = ids.clone()
+    changed[0, 60] = 5 if ids[0, 60] != 5 else 6
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        moved = (encoder(ids, mask) - encoder(changed, mask)).abs().amax(dim=-1)[0] > 0
+    reach = torch.nonzero(moved).flatten()
+    assert reach.min().item() == 60 - receptive_field(encoder.config) // 2
+    assert reach.max().item() == 60 + receptive_field(encoder.config) // 2
+    assert receptive_field(encoder.config) == (49 if input_layer == "conv" else 41)
+
+
+def test_convnova_embedding_input_grows_by_one_table_with_the_vocabulary():
+    def size(preset: str, vocab: int, input_layer: str) -> int:
+        return count_parameters(build_encoder("convnova", preset=preset, vocab_size=vocab,
+                                              max_len=64, overrides={"input_layer": input_layer}))
+
+    for preset, hidden in (("tiny", 32), ("small", 64), ("nt", 128)):
+        conv_growth = size(preset, 4096, "conv") - size(preset, 10, "conv")
+        embedding_growth = size(preset, 4096, "embedding") - size(preset, 10, "embedding")
+        assert conv_growth == 2 * (4096 - 10) * 9 * hidden  # two width-9 one-hot convolutions
+        assert embedding_growth == (4096 - 10) * hidden  # one shared table
+    assert size("nt", 5, "conv") == RELEASED_NT_PARAMETERS  # the default is the released input
+    with pytest.raises(AblateError, match="input_layer"):
+        ConvNovaConfig(vocab_size=10, input_layer="one-hot")
+    with pytest.raises(AblateError, match="pad_id"):
+        ConvNovaConfig(vocab_size=3, input_layer="embedding")
+
+
+def test_convnova_embedding_input_trains_with_the_complement_stream(tmp_path):
+    vocab = 1024
+    complement = list(range(vocab))  # a BPE-like table: pairs of tokens complement each other
+    for token in range(5, vocab - 1, 2):
+        complement[token], complement[token + 1] = token + 1, token
+    overrides = {"input_layer": "embedding"}
+    model = _classifier("convnova", vocab_size=vocab, complement_ids=complement,
+                        overrides=overrides)
+    identity = _classifier("convnova", vocab_size=vocab, overrides=overrides)
+    embed = model.encoder.embed
+    assert isinstance(embed, torch.nn.Embedding) and model.encoder.embed_complement is None
+    assert embed.padding_idx == PAD and not embed.weight[PAD].any()
+    ids, mask = _padded_batch(vocab)
+    model(ids, mask).logsumexp(dim=1).sum().backward()
+    grad = embed.weight.grad
+    assert torch.isfinite(grad).all() and not grad[PAD].any()
+    # both the tokens and their complements (through the complement stream) receive gradient
+    seen = ids[mask.bool()].unique()
+    assert grad[seen].abs().sum(dim=1).gt(0).all()
+    assert grad[torch.tensor(complement)[seen]].abs().sum(dim=1).gt(0).all()
+    model.eval(), identity.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(ids, mask), identity(ids, mask))
+        # padding changes nothing, and the model saves and loads
+        alone = model.encoder(ids[2:3, :11], mask[2:3, :11])
+        torch.testing.assert_close(model.encoder(ids, mask)[2:3, :11], alone,
+                                   atol=1e-5, rtol=1e-4)
+        loaded = load_model(save_model(model, tmp_path / "embedding"))
+        assert loaded.encoder.config.input_layer == "embedding"
+        assert torch.equal(loaded(ids, mask), model(ids, mask))
+
+
+# --- the k-mer floor -------------------------------------------------------------------------
+
+
+def _char_batch(sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Char-tokenized sequences ([CLS] ... [SEP]), padded to the longest."""
+    encodings = char_tokenizer().encode_batch(sequences)
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.full((len(sequences), width), PAD)
+    mask = torch.zeros_like(ids)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask
+
+
+def _brute_force_counts(sequence: str, k: int) -> list[int]:
+    kmers = ["".join(chars) for chars in itertools.product("ACGT", repeat=k)]
+    counts = dict.fromkeys(kmers, 0)
+    for start in range(len(sequence) - k + 1):
+        window = sequence[start : start + k]
+        if window in counts:  # a window with an N is no k-mer
+            counts[window] += 1
+    return [counts[kmer] for kmer in kmers]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_kmer_counts_equal_a_brute_force_count(k):
+    rng = random.Random(k)
+    sequences = ["ACGTACGTTTGCA", "AANCCGNNTTTAC", "GG", "NNNNNN", "",
+                 "".join(rng.choice("ACGTTN") for _ in range(70))]
+    ids, mask = _char_batch(sequences)
+    frequencies = kmer_frequencies(ids, mask, torch.tensor(char_base_ids()), k)
+    assert frequencies.shape == (len(sequences), 4**k) and frequencies.dtype == torch.float32
+    for row, sequence in enumerate(sequences):
+        counts = torch.tensor(_brute_force_counts(sequence, k), dtype=torch.float32)
+        expected = counts / counts.sum() if counts.sum() > 0 else counts
+        torch.testing.assert_close(frequencies[row], expected)
+    # a position outside the attention mask breaks k-mers whatever its token is
+    cut = mask.clone()
+    cut[0, 8:] = 0  # [CLS] and the first 7 bases stay
+    counts = torch.tensor(_brute_force_counts(sequences[0][:7], k), dtype=torch.float32)
+    torch.testing.assert_close(kmer_frequencies(ids, cut, torch.tensor(char_base_ids()), k)[0],
+                               counts / counts.sum())
+
+
+def test_kmer_table_is_the_char_tokenizer_vocabulary():
+    vocab = char_tokenizer().get_vocab()
+    table = char_base_ids()
+    assert len(table) == len(vocab) == 10
+    assert {token: table[i] for token, i in vocab.items()} == {
+        "[UNK]": -1, "[CLS]": -1, "[SEP]": -1, "[PAD]": -1, "[MASK]": -1,
+        "A": 0, "C": 1, "G": 2, "T": 3, "N": -1,
+    }
+
+
+def test_kmer_classifier_is_a_linear_model_on_frequencies_and_k_is_overridable():
+    default = build_classifier("kmer", preset="base", vocab_size=10, num_classes=2, max_len=64)
+    assert default.encoder.config.k == 5 and default.encoder.hidden_size == 1024
+    torch.manual_seed(0)
+    model = build_classifier("kmer", preset="base", vocab_size=10, num_classes=3, max_len=64,
+                             dropout=0.2, overrides={"k": np.int64(4)}).eval()
+    encoder = model.encoder
+    assert isinstance(encoder, KmerEncoder) and type(encoder.config.k) is int
+    assert encoder.config.k == 4 and encoder.hidden_size == 256
+    assert model.head.out.in_features == 256 and model.head.dropout.p == 0.2
+    assert count_parameters(encoder) == 0 and count_parameters(model) == 256 * 3 + 3
+    ids, mask = _char_batch(["ACGTTGCAACGTNACG", "TTTT", "GATTACA"])
+    hidden = encoder(ids, mask)
+    assert hidden.shape == (3, 1, 256)
+    torch.testing.assert_close(hidden.sum(dim=-1), torch.ones(3, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask), model.head.out(hidden[:, 0]))
+
+
+def test_kmer_refuses_other_vocabularies_masked_lm_and_bad_k():
+    with pytest.raises(AblateError, match="char tokenizer"):
+        build_classifier("kmer", preset="base", vocab_size=4096, num_classes=2, max_len=64)
+    with pytest.raises(AblateError, match="no masked-LM pretraining.*convnova"):
+        build_mlm("kmer", preset="base", vocab_size=10, max_len=64)
+    with pytest.raises(AblateError, match="masked-LM"):
+        MaskedLanguageModel(KmerEncoder(KmerConfig(vocab_size=10)))
+    for k in (0, 9, "5", 4.5):
+        with pytest.raises(AblateError, match="k must"):
+            KmerConfig(vocab_size=10, k=k)
+    with pytest.raises(AblateError, match="pad_id"):
+        KmerConfig(vocab_size=10, pad_id=5)  # A is a base
+
+
+def test_kmer_is_the_baseline_outside_both_sides_of_the_comparison():
+    assert "kmer" in ARCHITECTURES and BASELINES == ("kmer",)
+    assert "kmer" not in CONVOLUTIONAL and set(CONVOLUTIONAL) == {"convnova", "unet", "cnn"}
+    assert "kmer" not in PRETRAINABLE and set(PRETRAINABLE) == set(ARCHITECTURES) - {"kmer"}
+    assert TOKENIZER_KINDS == {"kmer": ("char",)}
+
+
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -202,7 +391,8 @@ def test_training_steps_reduce_loss_on_separable_batch(arch):
     noise = torch.rand(16, 24) < 0.2
     ids[noise] = _random_ids(16, 24, 10)[noise]
     mask = torch.ones_like(ids)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # a linear model on frequencies (summing to 1) moves a logit by at most lr per Adam step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.3 if arch in BASELINES else 3e-3)
     losses = []
     for _ in range(8):
         loss = F.cross_entropy(model(ids, mask), labels)
@@ -213,7 +403,7 @@ def test_training_steps_reduce_loss_on_separable_batch(arch):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", PRETRAINABLE)
 def test_mlm_steps_reduce_masked_token_loss_on_repetitive_sequence(arch):
     model = _mlm(arch)
     # A C G T A C G T ... : every masked base follows from its neighbours
@@ -275,7 +465,7 @@ def test_same_seed_gives_same_model_and_outputs(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_runs_under_bfloat16_autocast(arch):
-    model = _mlm(arch)
+    model = _mlm(arch) if arch in PRETRAINABLE else _classifier(arch)
     ids = _random_ids(2, 16, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(ids, torch.ones_like(ids))
@@ -338,7 +528,10 @@ def test_mask_tokens_with_a_character_vocabulary():
 def test_save_and_load_round_trip(arch, tmp_path):
     ids, mask = _padded_batch()
     complement = [0, 1, 2, 3, 4, 8, 7, 6, 5, 9]  # used by convnova only
-    for model in (_classifier(arch, num_classes=3, complement_ids=complement), _mlm(arch)):
+    models = [_classifier(arch, num_classes=3, complement_ids=complement)]
+    if arch in PRETRAINABLE:
+        models.append(_mlm(arch))
+    for model in models:
         model.eval()
         folder = save_model(model, tmp_path / type(model).__name__)
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
@@ -393,7 +586,7 @@ def test_load_errors_name_the_file(tmp_path):
         load_model(folder)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", PRETRAINABLE)
 def test_encoder_weights_move_from_mlm_to_classifier(arch, tmp_path):
     pretrained = _mlm(arch)
     with torch.no_grad():  # make the saved weights differ from any fresh initialisation
@@ -457,7 +650,7 @@ def test_overrides_and_max_len_reach_the_config():
 def test_unknown_names_raise_ablate_error():
     with pytest.raises(AblateError, match="convnova, transformer, unet, cnn"):
         build_classifier("mamba", preset="tiny", vocab_size=10, num_classes=2, max_len=8)
-    with pytest.raises(AblateError, match="tiny, nt"):
+    with pytest.raises(AblateError, match="tiny, small, nt"):
         build_classifier("convnova", preset="huge", vocab_size=10, num_classes=2, max_len=8)
     with pytest.raises(AblateError, match="'n_blocks'.*allowed fields: .*n_layers"):
         build_classifier(
@@ -468,10 +661,11 @@ def test_unknown_names_raise_ablate_error():
         build_mlm("transformer", preset="tiny", vocab_size=10, max_len=8,
                   overrides={"vocab_size": 20})
     assert PRESETS == {
-        "convnova": ("tiny", "nt"),
+        "convnova": ("tiny", "small", "nt"),
         "transformer": ("tiny", "small", "dnabert2-base"),
         "unet": ("tiny", "base"),
         "cnn": ("tiny", "base"),
+        "kmer": ("base",),
     }
 
 

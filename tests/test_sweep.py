@@ -6,8 +6,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from ablate.tracking.schema import MetricName
 from ablate.spec import DEFAULT_SEARCH_SPACE_DIR, Cell, load_search_space
+from ablate.tracking.schema import MetricName
 from ablate.trial import TrialConfig
 from ablate.tune_plugins import TRIALS_SEEN, CellScheduler, CellSearcher
 

@@ -15,6 +15,22 @@ Layout, following the released model:
 The encoder returns per-token hidden states; classification mean-pools them over real tokens
 (see `ablate.models.heads`).
 
+Receptive field: embed_kernel_size + (kernel_size - 1) * sum(dilations) tokens
+(`receptive_field`); the released schedule [1, 1, 1, 4, 16] with width-9 kernels sees 193.
+
+Input layer (`input_layer`): "conv", the released model's, is a width-9 convolution over one-hot
+tokens per stream, so it holds 2 x vocab_size x embed_kernel_size x hidden_size weights: small
+for single nucleotides, most of the model for a BPE vocabulary (the `tiny` preset has 93k
+parameters with the char tokenizer, 677k with a 1,024-token BPE). "embedding" replaces both by
+one token embedding (vocab_size x hidden_size, zero at padding) shared by the streams:
+
+    x  = GELU(E[tokens])
+    rc = GELU(E[complement(tokens)])
+
+so a larger vocabulary adds only vocab_size x hidden_size parameters and the blocks are
+unchanged. The input then sees one token instead of embed_kernel_size, so the receptive field is
+embed_kernel_size - 1 tokens smaller.
+
 Padding: the released model sees fixed-length sequences and has no padding. Here every
 convolution input (the token one-hots and the LayerNorm outputs inside each block) is zeroed at
 padded positions, which is exactly what a convolution's own zero padding does past the end of a
@@ -34,6 +50,8 @@ import torch.nn.functional as F
 
 from ablate.errors import AblateError
 
+INPUT_LAYERS = ("conv", "embedding")
+
 
 @dataclass
 class ConvNovaConfig:
@@ -47,7 +65,11 @@ class ConvNovaConfig:
     dilation_max: largest dilation used.
     d_inner: width multiplier of the final residual MLP.
     ffn: add a Linear/GELU/LayerNorm residual block after every gated convolution.
-    embed_kernel_size: width of the input convolutions over one-hot tokens (odd).
+    embed_kernel_size: width of the input convolutions over one-hot tokens (odd; used by the
+        "conv" input layer only).
+    input_layer: "conv" (the released model: one width-embed_kernel_size convolution over one-hot
+        tokens per stream) or "embedding" (one token embedding shared by both streams, so the
+        model grows by only vocab_size x hidden_size with the vocabulary).
     dropout: dropout on each stream before every block.
     pad_id: id of the padding token.
     complement_ids: complement_ids[i] is the id of the base complement of token i (i itself
@@ -63,6 +85,7 @@ class ConvNovaConfig:
     d_inner: int = 2
     ffn: bool = False
     embed_kernel_size: int = 9
+    input_layer: str = "conv"
     dropout: float = 0.1
     pad_id: int = 3
     complement_ids: list[int] | None = None
@@ -82,6 +105,16 @@ class ConvNovaConfig:
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise AblateError(f"ConvNova config: dropout must be in [0, 1), got {self.dropout}")
+        if self.input_layer not in INPUT_LAYERS:
+            raise AblateError(
+                f"ConvNova config: input_layer must be one of {', '.join(INPUT_LAYERS)}, "
+                f"got {self.input_layer!r}"
+            )
+        if self.input_layer == "embedding" and not 0 <= self.pad_id < self.vocab_size:
+            raise AblateError(
+                f"ConvNova config: pad_id must be a token id below vocab_size={self.vocab_size} "
+                f"(the embedding's padding row), got {self.pad_id}"
+            )
         if self.complement_ids is not None:
             ids = self.complement_ids
             if len(ids) != self.vocab_size or any(not 0 <= i < self.vocab_size for i in ids):
@@ -94,6 +127,13 @@ class ConvNovaConfig:
 def dilation_schedule(n_layers: int, base: int, max_dilation: int) -> list[int]:
     """Dilations of the blocks: two undilated blocks, then powers of `base` (released schedule)."""
     return [1 if i < 2 else min(max_dilation, base ** (i - 2)) for i in range(n_layers)]
+
+
+def receptive_field(config: ConvNovaConfig) -> int:
+    """Tokens a hidden state depends on: the input layer's width, plus every block's reach."""
+    dilations = dilation_schedule(config.n_layers, config.dilation_base, config.dilation_max)
+    input_width = config.embed_kernel_size if config.input_layer == "conv" else 1
+    return input_width + (config.kernel_size - 1) * sum(dilations)
 
 
 class TokenConv(nn.Module):
@@ -179,8 +219,12 @@ class ConvNova(nn.Module):
             complement = torch.tensor(config.complement_ids, dtype=torch.long)
         self.register_buffer("complement_ids", complement, persistent=True)
 
-        self.embed = TokenConv(config.vocab_size, H, config.embed_kernel_size)
-        self.embed_complement = TokenConv(config.vocab_size, H, config.embed_kernel_size)
+        if config.input_layer == "conv":
+            self.embed = TokenConv(config.vocab_size, H, config.embed_kernel_size)
+            self.embed_complement = TokenConv(config.vocab_size, H, config.embed_kernel_size)
+        else:  # one table; the complement stream looks up each token's complement
+            self.embed = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_id)
+            self.embed_complement = None
         dilations = dilation_schedule(config.n_layers, config.dilation_base, config.dilation_max)
         self.blocks = nn.ModuleList(GatedConvBlock(config, d) for d in dilations)
         self.mlp = nn.Sequential(
@@ -197,8 +241,14 @@ class ConvNova(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (B x L) -> hidden states (B x L x hidden_size)."""
         mask = attention_mask.unsqueeze(-1).float()
-        x = F.gelu(self.embed(input_ids, mask))
-        rc = F.gelu(self.embed_complement(self.complement_ids[input_ids], mask))
+        complement = self.complement_ids[input_ids]
+        if self.embed_complement is None:
+            # one token wide: padded positions reach no real one (the blocks mask their inputs)
+            x = F.gelu(self.embed(input_ids))
+            rc = F.gelu(self.embed(complement))
+        else:
+            x = F.gelu(self.embed(input_ids, mask))
+            rc = F.gelu(self.embed_complement(complement, mask))
         for block in self.blocks:
             x, rc = block(x, rc, mask)
         return self.mlp(x) + x

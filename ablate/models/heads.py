@@ -4,6 +4,10 @@ Every encoder exposes `hidden_size`, `config.vocab_size` and `forward(input_ids,
 returning hidden states (B x L x hidden_size). `SequenceClassifier` turns those into sequence
 logits and `MaskedLanguageModel` into per-token vocabulary logits, the same way for all of them,
 so architectures differ only in their encoder.
+
+An encoder whose class sets `pooled_output = True` (the bag of k-mers) pools the sequence itself
+and returns one position per sequence (B x 1 x hidden_size): the classifier takes that vector as
+the pooled one, and no masked-LM head can sit on it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ablate.errors import AblateError
 
 
 def masked_mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -36,7 +42,8 @@ class ClassificationHead(nn.Module):
 
 
 class SequenceClassifier(nn.Module):
-    """An encoder, masked mean pooling and a classification head."""
+    """An encoder, masked mean pooling (unless the encoder pools itself) and a classification
+    head."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1):
         super().__init__()
@@ -46,6 +53,8 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (B x L) -> logits (B x num_classes)."""
         hidden = self.encoder(input_ids, attention_mask)
+        if getattr(self.encoder, "pooled_output", False):
+            return self.head(hidden[:, 0].float())  # already pooled: one position per row
         return self.head(masked_mean_pool(hidden, attention_mask))
 
 
@@ -72,6 +81,11 @@ class MaskedLanguageModel(nn.Module):
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
+        if getattr(encoder, "pooled_output", False):
+            raise AblateError(
+                f"{type(encoder).__name__} returns one pooled vector per sequence, not a hidden "
+                "state per token: it has no masked-LM head"
+            )
         self.encoder = encoder
         self.head = MaskedLMHead(encoder.hidden_size, encoder.config.vocab_size)
 

@@ -29,6 +29,9 @@ class Architecture:
     config_class: str
     encoder_class: str
     convolutional: bool  # the convolutional side of question 1 (transformer vs convolution)
+    baseline: bool = False  # a floor below every network, on neither side of question 1
+    masked_lm: bool = True  # has per-token hidden states, so it can be pretrained as a masked LM
+    tokenizers: tuple[str, ...] | None = None  # the tokenizer kinds it accepts; None: any
 
 
 # The one list of architectures (the study spec and the analysis read it from here); the
@@ -39,17 +42,37 @@ _ARCHITECTURES: dict[str, Architecture] = {
                                 "TransformerEncoder", False),
     "unet": Architecture("ablate.models.unet", "UNetConfig", "UNet", True),
     "cnn": Architecture("ablate.models.cnn", "CNNConfig", "CNN", True),
+    "kmer": Architecture("ablate.models.kmer", "KmerConfig", "KmerEncoder", False,
+                         baseline=True, masked_lm=False, tokenizers=("char",)),
 }
 ARCHITECTURES: tuple[str, ...] = tuple(_ARCHITECTURES)
 CONVOLUTIONAL: tuple[str, ...] = tuple(n for n, a in _ARCHITECTURES.items() if a.convolutional)
+BASELINES: tuple[str, ...] = tuple(n for n, a in _ARCHITECTURES.items() if a.baseline)
+# Architectures that can be pretrained (`build_mlm`); the others take pretraining "none" only.
+PRETRAINABLE: tuple[str, ...] = tuple(n for n, a in _ARCHITECTURES.items() if a.masked_lm)
+# Tokenizer kinds (`ablate.tokenization.KINDS`) of the architectures that accept only some.
+TOKENIZER_KINDS: dict[str, tuple[str, ...]] = {
+    n: a.tokenizers for n, a in _ARCHITECTURES.items() if a.tokenizers is not None
+}
 
 # Config values of each preset; build arguments and overrides are applied on top.
 _PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "convnova": {
-        # small enough for CPU tests
+        # Dilations 1, 1, base, base**2, ... (`convnova.dilation_schedule`); receptive field
+        # 9 + 8 * sum(dilations) tokens with the released input layer and 8 fewer with
+        # input_layer "embedding" (`convnova.receptive_field`); parameter counts with the char
+        # tokenizer (10 tokens) and the released input layer.
+        # tiny: dilations [1, 1, 1, 2], receptive field 49 tokens (41 with "embedding"),
+        # 93,024 parameters; small enough for CPU tests
         "tiny": {"hidden_size": 32, "kernel_size": 9, "n_layers": 4, "dilation_base": 2,
                  "d_inner": 2, "ffn": False},
-        # the released Nucleotide Transformer benchmark configuration (~1.69M parameters)
+        # small: the released model at half its width: dilations [1, 1, 1, 4, 16], receptive
+        # field 193 tokens (185 with "embedding"), 432,192 parameters
+        "small": {"hidden_size": 64, "kernel_size": 9, "n_layers": 5, "dilation_base": 4,
+                  "d_inner": 2, "ffn": False},
+        # nt: the released Nucleotide Transformer benchmark configuration: dilations
+        # [1, 1, 1, 4, 16], receptive field 193 tokens (185 with "embedding"), 1,699,968
+        # parameters (1,688,448, the released count, with its 5-symbol one-hot alphabet)
         "nt": {"hidden_size": 128, "kernel_size": 9, "n_layers": 5, "dilation_base": 4,
                "d_inner": 2, "ffn": False},
     },
@@ -74,6 +97,11 @@ _PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": {"hidden_size": 32, "n_layers": 3, "first_kernel_size": 9, "kernel_size": 5},
         # Basset's depth and first-kernel width at full resolution (see cnn.py)
         "base": {"hidden_size": 256, "n_layers": 3, "first_kernel_size": 19, "kernel_size": 11},
+    },
+    "kmer": {
+        # logistic regression on 5-mer frequencies: 1,024 features, no encoder parameters
+        # (k is usually searched: `model_params` in search_spaces/kmer.yaml)
+        "base": {"k": 5},
     },
 }
 
@@ -211,8 +239,16 @@ def count_parameters(module: nn.Module) -> int:
 def build_mlm(architecture: str, **encoder_args: Any) -> MaskedLanguageModel:
     """Build an encoder with a masked-LM head (logits over the vocabulary at every position).
 
-    Arguments as for `build_encoder`. Pair it with `ablate.models.mlm.mask_tokens`.
+    Arguments as for `build_encoder`. Pair it with `ablate.models.mlm.mask_tokens`. Raises
+    AblateError for an architecture not in `PRETRAINABLE`.
     """
     from ablate.models.heads import MaskedLanguageModel
+
+    if architecture in _ARCHITECTURES and not _ARCHITECTURES[architecture].masked_lm:
+        raise AblateError(
+            f"architecture {architecture!r} has no masked-LM pretraining (it pools the sequence "
+            f"into one vector, with no hidden state per token); pretrainable architectures: "
+            f"{', '.join(PRETRAINABLE)}"
+        )
 
     return MaskedLanguageModel(build_encoder(architecture, **encoder_args))
