@@ -67,12 +67,19 @@ TrackingOption = Annotated[
 def data_check(
     directory: Annotated[Path, typer.Argument(help="GUE root: <dir>/<group>/<dataset>/*.csv")],
 ) -> None:
-    """Validate a GUE folder and list its datasets, rows per split and what is missing."""
+    """Validate a GUE folder: datasets, rows per split, what is missing, leaks and caveats.
+
+    Leaks across tasks: for each pair of datasets (A, B), A's dev/test rows that equal or lie
+    inside B's train rows (either strand). Caveats: negatives with exactly the dinucleotide
+    composition of a positive.
+    """
     from rich.table import Table
 
-    from ablate.data.gue import SPLITS, scan_gue_dir
+    from ablate.data.gue import SPLITS, check_gue_dir
 
-    statuses = scan_gue_dir(directory)
+    started = time.perf_counter()
+    check = check_gue_dir(directory)
+    statuses = check.statuses
     table = Table(title=f"GUE datasets in {directory}")
     table.add_column("dataset")
     for split in SPLITS:
@@ -101,6 +108,79 @@ def data_check(
             f"({', '.join(leaking)}); a study can drop them from train with "
             "data.drop_train_duplicates: true"
         )
+    _print_overlap(console, check.overlap)
+    _print_caveats(console, check.caveats)
+    console.print(f"checked in {time.perf_counter() - started:.1f} s", highlight=False)
+
+
+def _print_overlap(console: Any, overlap: Any) -> None:
+    """The cross-task table: non-zero pairs only."""
+    from rich.table import Table
+
+    if not overlap.pairs:
+        console.print("no dev/test row of any dataset equals or lies inside a train row of "
+                      f"another ({overlap.seconds:.1f} s)")
+        return
+
+    def cell(pair: Any, split: str, strand: int) -> str:
+        if split not in pair.hits:
+            return "-"
+        found = pair.hits[split][strand]
+        return f"{found:,}/{pair.rows[split]:,}" if found else "0"
+
+    table = Table(title="dev/test rows of A equal to or inside train rows of B "
+                        "(rev. comp.: the reverse complement is)")
+    for column in ("A (dev/test)", "B (train)"):
+        table.add_column(column)
+    for column in ("dev", "test", "dev rev. comp.", "test rev. comp."):
+        table.add_column(column, justify="right")
+    for pair in sorted(overlap.pairs, key=lambda p: (p.held_out, p.train)):
+        table.add_row(pair.held_out, pair.train + (" (itself)" if pair.train == pair.held_out
+                                                   else ""),
+                      cell(pair, "dev", 0), cell(pair, "test", 0),
+                      cell(pair, "dev", 1), cell(pair, "test", 1))
+    console.print(table)
+    across = sorted({p.held_out for p in overlap.pairs if p.train != p.held_out})
+    console.print(
+        f"{len(overlap.pairs)} pairs overlap ({overlap.held_out_rows:,} dev/test rows against "
+        f"{overlap.train_rows:,} train rows in {overlap.seconds:.1f} s). A pretraining corpus of "
+        f"several tasks' train splits would show pretrained cells these rows of {len(across)} "
+        "datasets; the held-out filter (ablate.leakage.HeldOut) removes them from it",
+        highlight=False,
+    )
+
+
+def _print_caveats(console: Any, caveats: list) -> None:
+    """Composition-matched negatives per binary dataset, and a sentence for each flagged one."""
+    from rich.table import Table
+
+    def pct(values: dict, split: str) -> str:
+        return f"{values[split]:.1%}" if split in values else "-"
+
+    table = Table(title="negatives with exactly the dinucleotide composition of a positive "
+                        "(chance: positives matching another positive)")
+    table.add_column("dataset")
+    for column in ("train", "dev", "test", "dev vs train", "test vs train", "chance (max)",
+                   "shuffled"):
+        table.add_column(column, justify="right")
+    skipped = []
+    for caveat in caveats:
+        if caveat.num_classes != 2:
+            skipped.append(f"{caveat.task} ({caveat.note})")
+            continue
+        chances = [*caveat.positives_matched.values(), *caveat.positives_matched_train.values()]
+        table.add_row(
+            caveat.task,
+            *(pct(caveat.negatives_matched, s) for s in ("train", "dev", "test")),
+            *(pct(caveat.negatives_matched_train, s) for s in ("dev", "test")),
+            f"{max(chances, default=0.0):.1%}", "yes" if caveat.shuffled else "no",
+        )
+    console.print(table)
+    for caveat in caveats:
+        if caveat.statement:
+            console.print(caveat.statement, highlight=False)
+    if skipped:
+        console.print(f"not measured: {'; '.join(skipped)}", highlight=False)
 
 
 @data_app.command("synth")

@@ -1,19 +1,29 @@
 """What masked-LM pretraining reads: windows sampled from FASTA files, or GUE train splits.
 
-Never a dev or test split. A corpus is tokenized once into shards keyed by its pretraining's
-key (``ablate.pretrain.PretrainJob.key``), which hashes every file the corpus reads.
+Never a dev or test split, and, given a :class:`~ablate.leakage.HeldOut` of the study's tasks,
+none of their dev or test sequences either: GUE's tasks overlap (most ``prom_core_tata`` dev rows
+are ``prom_core_all`` train rows), and genomes hold GUE's human sequences, so every corpus row or
+window that equals, contains or lies inside a held-out sequence (either strand) is dropped, and
+the :class:`~ablate.leakage.LeakReport` says how many and which tasks were exposed. A corpus is
+tokenized once into shards keyed by its pretraining's key (``ablate.pretrain.PretrainJob.key``,
+which hashes every file the corpus reads) and by the held-out set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ablate.errors import AblateError
 from ablate.spec import CorpusSpec
+
+if TYPE_CHECKING:
+    from ablate.leakage import HeldOut, LeakReport
 
 
 def file_sha256(path: Path) -> str:
@@ -78,15 +88,42 @@ def source_hashes(corpus: CorpusSpec, gue_dir: str | None) -> list[str]:
     return []
 
 
-def corpus_sequences(corpus: CorpusSpec, *, seed: int,
-                     gue_dir: str | None) -> tuple[list[str], str, int]:
-    """(sequences, source description, bp cut) of a corpus. Never reads dev or test."""
+@dataclass(frozen=True)
+class Corpus:
+    """The sequences a pretraining reads.
+
+    Attributes:
+        sequences: The corpus rows, shuffled (GUE) or in sampling order (FASTA).
+        source: What they came from, e.g. ``gue-train:tf/0,tf/1``.
+        length_bp: Bases each row is cut to.
+        leaks: What the held-out filter removed; None when no held-out set was given.
+    """
+
+    sequences: list[str]
+    source: str
+    length_bp: int
+    leaks: LeakReport | None = None
+
+
+def corpus_sequences(corpus: CorpusSpec, *, seed: int, gue_dir: str | None,
+                     held_out: HeldOut | None = None) -> Corpus:
+    """The rows of a corpus, without those that overlap ``held_out``. Never reads dev or test.
+
+    ``corpus.gue_tasks`` may be any list of tasks (all of a study's tasks, or ``[task]`` for a
+    task pretrained on its own train split); the filter runs on the rows as cut to their task's
+    length, before shuffling.
+    """
     if corpus.fasta:
         paths = [Path(p) for p in corpus.fasta]
         seqs = sample_fasta_windows(
             paths, window_bp=corpus.window_bp, windows=corpus.windows, seed=seed
         )
-        return seqs, "fasta:" + ",".join(str(p) for p in paths), corpus.window_bp
+        source, length = "fasta:" + ",".join(str(p) for p in paths), corpus.window_bp
+        leaks = None
+        if held_out is not None:
+            seqs, leaks = held_out.filter(seqs)
+            source += f";held-out={held_out.digest[:16]}"
+        return Corpus(seqs, source, length, leaks)
     from ablate.data.gue import get_dataset, read_split
 
     if not corpus.gue_tasks or gue_dir is None:
@@ -97,28 +134,60 @@ def corpus_sequences(corpus: CorpusSpec, *, seed: int,
         bp = get_dataset(task).length_bp
         length = max(length, bp)
         seqs += [s[:bp] for s in read_split(gue_dir, task, "train").sequences]
+    source = "gue-train:" + ",".join(corpus.gue_tasks)
+    leaks = None
+    if held_out is not None:
+        seqs, leaks = held_out.filter(seqs)
+        source += f";held-out={held_out.digest[:16]}"
     random.Random(seed).shuffle(seqs)
-    return seqs, "gue-train:" + ",".join(corpus.gue_tasks), length
+    return Corpus(seqs, source, length, leaks)
 
 
-def prepare_corpus_shards(corpus: CorpusSpec, *, seed: int, gue_dir: str | None,
-                          tokenizer_path: str, key: str, work_dir: Path) -> Path:
-    """Tokenize the corpus once into shards (labels unused), cached by the pretraining's key."""
+@dataclass(frozen=True)
+class CorpusShards:
+    """A tokenized corpus: its shard folder and what the held-out filter removed (None when no
+    held-out set was given), to log on the pretraining run (``LeakReport.as_metrics``)."""
+
+    path: Path
+    leaks: LeakReport | None
+
+
+def shards_key(key: str, held_out: HeldOut | None) -> str:
+    """The shard cache key of a pretraining's corpus: its key, and the held-out set if any."""
+    if held_out is None:
+        return key
+    return hashlib.sha256(f"{key}:held-out:{held_out.digest}".encode()).hexdigest()[:16]
+
+
+def prepare_corpus(corpus: CorpusSpec, *, seed: int, gue_dir: str | None,
+                   tokenizer_path: str, key: str, work_dir: Path,
+                   held_out: HeldOut | None = None) -> CorpusShards:
+    """Filter the corpus against ``held_out`` and tokenize it once into shards (labels unused),
+    cached by the pretraining's key and the held-out set."""
     from tokenizers import Tokenizer
 
     from ablate.shards import write_shards
     from ablate.tokenization import tokenizer_hash
 
     tokenizer = Tokenizer.from_file(tokenizer_path)
-    seqs, source, length_bp = corpus_sequences(corpus, seed=seed, gue_dir=gue_dir)
-    return write_shards(
-        seqs,
-        np.zeros(len(seqs), dtype=np.int32),
+    data = corpus_sequences(corpus, seed=seed, gue_dir=gue_dir, held_out=held_out)
+    path = write_shards(
+        data.sequences,
+        np.zeros(len(data.sequences), dtype=np.int32),
         tokenizer,
         root=Path(work_dir) / "pretrain_shards",
-        source=source,
-        source_sha256=key,
+        source=data.source,
+        source_sha256=shards_key(key, held_out),
         tokenizer_hash=tokenizer_hash(tokenizer),
-        length_bp=length_bp,
+        length_bp=data.length_bp,
         rows_per_shard=20_000,
     )
+    return CorpusShards(path, data.leaks)
+
+
+def prepare_corpus_shards(corpus: CorpusSpec, *, seed: int, gue_dir: str | None,
+                          tokenizer_path: str, key: str, work_dir: Path,
+                          held_out: HeldOut | None = None) -> Path:
+    """The shard folder of :func:`prepare_corpus` (without its leak report)."""
+    return prepare_corpus(corpus, seed=seed, gue_dir=gue_dir, tokenizer_path=tokenizer_path,
+                          key=key, work_dir=work_dir, held_out=held_out).path

@@ -47,6 +47,17 @@ class PretrainJob:
     tokenizer_path: str
     gue_dir: str | None
     token_limit: int
+    # GUE tasks whose dev and test sequences (and reverse complements) no corpus sequence may
+    # equal, contain or lie inside: a study's tasks, or a stand-alone corpus's own tasks.
+    held_out_tasks: tuple[str, ...] = ()
+
+    def held_out(self) -> Any:
+        """The ``HeldOut`` index of ``held_out_tasks`` (None without any), read once."""
+        if not self.held_out_tasks or self.gue_dir is None:
+            return None
+        from ablate.leakage import held_out_of
+
+        return held_out_of(self.gue_dir, self.held_out_tasks)
 
     @property
     def key(self) -> str:
@@ -55,6 +66,7 @@ class PretrainJob:
         from ablate.tokenization import load_tokenizer, tokenizer_hash
 
         sources = source_hashes(self.recipe.corpus, self.gue_dir)
+        held_out = self.held_out()
         payload = {
             "recipe": self.recipe.model_dump(mode="json"),
             "architecture": self.architecture,
@@ -64,6 +76,8 @@ class PretrainJob:
             "sources": sources,
             "token_limit": self.token_limit,
         }
+        if held_out is not None:
+            payload["held_out"] = held_out.digest
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -371,7 +385,7 @@ def run_pretraining(
     """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key)."""
     from mlflow import MlflowClient
 
-    from ablate.corpus import prepare_corpus_shards
+    from ablate.corpus import prepare_corpus
     from ablate.shards import ShardManifest
     from ablate.tracking.reader import find_finished_pretraining
     from ablate.tracking.writer import register_pretraining
@@ -383,10 +397,13 @@ def run_pretraining(
         progress(f"pretraining {job.name} ({key}) already done: run {finished.info.run_id}")
         return _result_from_run(client, finished, work_dir, reused=True)
 
-    progress(f"pretraining {job.name} ({key}): tokenizing the corpus")
-    shard_dir = prepare_corpus_shards(job.recipe.corpus, seed=job.recipe.seed,
-                                      gue_dir=job.gue_dir, tokenizer_path=job.tokenizer_path,
-                                      key=key, work_dir=work_dir)
+    progress(f"pretraining {job.name} ({key}): filtering and tokenizing the corpus")
+    corpus = prepare_corpus(job.recipe.corpus, seed=job.recipe.seed, gue_dir=job.gue_dir,
+                            tokenizer_path=job.tokenizer_path, key=key, work_dir=work_dir,
+                            held_out=job.held_out())
+    if corpus.leaks is not None:
+        progress(f"pretraining {job.name}: {corpus.leaks.summary()}")
+    shard_dir = corpus.path
     manifest = ShardManifest.read(shard_dir)
     storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
     trainer = _trainer(job, manifest, shard_dir, storage_path)
@@ -401,6 +418,8 @@ def run_pretraining(
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
     params, values = _run_record(job, manifest.num_rows, result.metrics or {}, elapsed)
+    if corpus.leaks is not None:
+        values.update(corpus.leaks.as_metrics())
     with result.checkpoint.as_directory() as folder:
         run_id = register_pretraining(
             client, key=key, name=job.name, architecture=job.architecture,
@@ -455,6 +474,8 @@ def job_from_spec(spec: Any, progress: Callable[[str], None] = print) -> Pretrai
         tokenizer_path=str(tok_file),
         gue_dir=gue_dir,
         token_limit=token_limit(choice, bp),
+        # the corpus tasks' own dev and test stay out of it
+        held_out_tasks=tuple(corpus.gue_tasks or ()),
     )
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,32 +309,44 @@ def resolve_tokenizer(
     tasks: list[str],
     work_dir: Path,
     bpe_vocab_size: int = 4096,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[Tokenizer, Path]:
     """Build (or load from cache) the tokenizer an axis value names; returns it and its file.
 
     A trained ``bpe`` is fitted once per study on the train splits of all its tasks (never dev
     or test), cut to each task's bp length, so every cell and any pretraining that uses ``bpe``
-    share one vocabulary. It is cached under ``work_dir/tokenizers`` keyed by the train files'
-    checksums and the vocabulary size.
+    share one vocabulary. Train rows that equal, contain or lie inside a dev or test sequence
+    of any of the tasks (or its reverse complement) are left out of its training (GUE's tasks
+    overlap); what was removed is written beside it (``leakage.json``). It is cached under
+    ``work_dir/tokenizers`` keyed by the train files' checksums, the held-out set and the
+    vocabulary size.
     """
     from ablate.data.gue import get_dataset, read_split
+    from ablate.leakage import held_out_of
     from ablate.tokenization import build_tokenizer, load_tokenizer, tokenizer_hash
 
     tok_root = Path(work_dir) / "tokenizers"
     if choice.kind == "bpe" and choice.path is None:
         trains = {task: read_split(gue_root, task, "train") for task in sorted(tasks)}
+        held_out = held_out_of(gue_root, tasks)
         key = hashlib.sha256(
-            ":".join(f"{t}={split.sha256}" for t, split in trains.items()).encode()
+            (":".join(f"{t}={split.sha256}" for t, split in trains.items())
+             + f":held_out={held_out.digest}").encode()
         ).hexdigest()[:16]
         tok_file = tok_root / f"bpe{bpe_vocab_size}-{key}" / "tokenizer.json"
         if tok_file.is_file():
             return load_tokenizer(tok_file), tok_file
-        sequences = (
+        sequences = [
             seq[: get_dataset(task).length_bp]
             for task, split in trains.items()
             for seq in split.sequences
-        )
-        tokenizer = build_tokenizer(choice, train_sequences=sequences,
+        ]
+        kept, leaks = held_out.filter(sequences)
+        if progress is not None:
+            progress(f"BPE training sequences: {leaks.summary()}")
+        _atomic_write_text(tok_file.parent / "leakage.json",
+                           json.dumps(leaks.as_metrics(), indent=2, sort_keys=True))
+        tokenizer = build_tokenizer(choice, train_sequences=kept,
                                     bpe_vocab_size=bpe_vocab_size)
     else:
         tokenizer = build_tokenizer(choice)

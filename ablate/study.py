@@ -19,7 +19,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class PreparedStudy:
     inputs: dict[tuple[str, str], TaskInputs]  # (task, tokenizer value) -> shard sets
     models: dict[str, ModelPlan]  # cell name -> its model
     data_tag: str  # which data the study read, as the data tag records it
+    caveats: dict[str, Any] = field(default_factory=dict)  # task -> CompositionCaveat
 
 
 def resolve_gue_dir(spec: StudySpec, gue_dir: str | None = None) -> Path:
@@ -100,7 +101,7 @@ def prepare_inputs(
         progress(f"building tokenizer {value}")
         tokenizer, tok_file = resolve_tokenizer(
             choice, gue_root=gue_root, tasks=spec.data.tasks, work_dir=spec.work_path,
-            bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+            bpe_vocab_size=spec.tokenizers.bpe_vocab_size, progress=progress,
         )
         for task in spec.data.tasks:
             progress(f"tokenizing {task} with {value}")
@@ -177,7 +178,21 @@ def prepare_study(spec: StudySpec, gue_dir: str | None,
     )
     models = model_plans(spec, cells, spaces, inputs)
     check_like_for_like(cells, models)
-    return PreparedStudy(cells, spaces, gue_root, inputs, models, data_tag)
+    return PreparedStudy(cells, spaces, gue_root, inputs, models, data_tag,
+                         task_caveats(gue_root, spec.data.tasks, progress))
+
+
+def task_caveats(gue_root: Path, tasks: list[str],
+                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """What each task's data lets it measure (composition-matched negatives, say): task ->
+    ``CompositionCaveat``, logged on its cells' runs and stated in the report."""
+    from ablate.data.caveats import read_composition_caveat
+
+    caveats = {task: read_composition_caveat(gue_root, task) for task in tasks}
+    for task, caveat in caveats.items():
+        if caveat.statement is not None:
+            progress(f"caveat for {task}: {caveat.statement}")
+    return caveats
 
 
 def pretraining_partner(cell: Cell) -> Cell:
@@ -301,6 +316,7 @@ def pretrain_for_study(
             preset=model.preset, overrides=dict(model.overrides), tokenizer_value=cell.tokenizer,
             tokenizer_path=prepared.inputs[(cell.task, cell.tokenizer)].tokenizer_path,
             gue_dir=str(prepared.gue_root), token_limit=model.token_limit,
+            held_out_tasks=tuple(spec.data.tasks),
         )
         jobs.setdefault(job.key, job)
         job_of_cell[cell.name] = job.key
@@ -426,11 +442,33 @@ def open_sweep(spec: StudySpec, prepared: PreparedStudy, tracking_uri: str, resu
     else:
         sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     extra_tags = {Tag.DATA: prepared.data_tag}
-    ranges = {cell.name: {Tag.SEARCH_SPACE: _ranges_json(prepared.spaces[cell.architecture])}
-              for cell in prepared.cells}
+    per_cell = {}
+    for cell in prepared.cells:
+        per_cell[cell.name] = {Tag.SEARCH_SPACE: _ranges_json(prepared.spaces[cell.architecture])}
+        caveat = prepared.caveats.get(cell.task)
+        if caveat is not None and caveat.statement is not None:
+            per_cell[cell.name][Tag.CAVEAT] = caveat.statement
     cell_runs = open_cell_runs(client, experiment_id, spec.name, sweep, prepared.cells,
-                               extra_tags, ranges)
+                               extra_tags, per_cell)
+    _log_caveats(client, prepared, cell_runs)
     return Sweep(client, experiment_id, sweep, cell_runs, extra_tags)
+
+
+def _log_caveats(client: Any, prepared: PreparedStudy, cell_runs: dict[str, str]) -> None:
+    """Each task's caveat figures as metrics of its cells' runs."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from ablate.data.caveats import caveat_metrics
+
+    now = int(time.time() * 1000)
+    for cell in prepared.cells:
+        caveat = prepared.caveats.get(cell.task)
+        values = caveat_metrics(caveat) if caveat is not None else {}
+        if values:
+            client.log_batch(cell_runs[cell.name], metrics=[
+                Metric(name, float(value), now, 0) for name, value in values.items()])
 
 
 def _ranges_json(space: SearchSpace) -> str:

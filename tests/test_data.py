@@ -12,7 +12,9 @@ import pytest
 from ablate.data.gue import (
     REGISTRY,
     SPLITS,
+    check_gue_dir,
     get_dataset,
+    read_gue_dir,
     read_split,
     scan_gue_dir,
     split_path,
@@ -183,6 +185,26 @@ def test_scan_validates_present_files(tmp_path: Path) -> None:
     (status,) = scan_gue_dir(tmp_path, validate=False)
     assert status.rows == {"train": 1, "dev": 1, "test": None}
     assert status.missing == ["test"] and not status.complete
+
+
+def test_read_gue_dir_returns_the_splits_it_read(tmp_path: Path) -> None:
+    _write(tmp_path, b"sequence,label\n" + GOOD_ROW)
+    _write(tmp_path, b"sequence,label\nacgtacgt,0\nTTTTGGGG,1\n", split="dev")
+    statuses, splits = read_gue_dir(tmp_path)
+    assert statuses == scan_gue_dir(tmp_path)
+    assert list(splits) == [KEY] and list(splits[KEY]) == ["train", "dev"]
+    assert splits[KEY]["dev"].sequences == ["ACGTACGT", "TTTTGGGG"]
+    assert statuses[0].in_train == {"dev": 1}
+
+
+def test_check_gue_dir_reports_overlap_and_caveats(tmp_path: Path) -> None:
+    _write(tmp_path, b"sequence,label\n" + GOOD_ROW + b"GGGGCCCCAAAA,0\n")
+    _write(tmp_path, b"sequence,label\nTTGGGGCCCCAAAATT,1\nCCCA,0\n", split="dev")
+    check = check_gue_dir(tmp_path)
+    (pair,) = check.overlap.pairs  # CCCA lies inside a train row (its reverse complement not)
+    assert (pair.held_out, pair.train, pair.hits) == (KEY, KEY, {"dev": (1, 0)})
+    (caveat,) = check.caveats
+    assert caveat.task == KEY and set(caveat.negatives_matched) == {"train", "dev"}
 
 
 # --- synthetic data ---------------------------------------------------------------------------

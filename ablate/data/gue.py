@@ -3,7 +3,9 @@
 GUE (Genome Understanding Evaluation, from the DNABERT-2 paper) ships every dataset as
 ``<root>/<group>/<dataset>/{train,dev,test}.csv`` with the header ``sequence,label``. This module
 knows the shape of each dataset (sequence length, number of classes, metric, published sizes),
-reads one split with strict validation, and reports which datasets and splits a folder holds.
+reads one split with strict validation, reports which datasets and splits a folder holds, and
+checks a folder for dev/test rows found in other datasets' train splits and for
+composition-matched negatives (:func:`check_gue_dir`, behind ``ablate data check``).
 
 Every problem a user can fix (missing file, bad header, bad character, bad label...) raises
 :class:`~ablate.errors.AblateError` with the file, the line and the fix in its message.
@@ -17,10 +19,15 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ablate.errors import AblateError
+
+if TYPE_CHECKING:
+    from ablate.data.caveats import CompositionCaveat
+    from ablate.leakage import CrossTaskOverlap
 
 SPLITS = ("train", "dev", "test")
 HEADER = ["sequence", "label"]
@@ -334,6 +341,20 @@ def scan_gue_dir(root: str | Path, validate: bool = True) -> list[DatasetStatus]
         AblateError: if ``root`` is not a folder, holds none of the GUE datasets, or (with
             ``validate``) a split file is invalid.
     """
+    return _scan(root, validate)[0]
+
+
+def read_gue_dir(root: str | Path) -> tuple[list[DatasetStatus], dict[str, dict[str, GUESplit]]]:
+    """:func:`scan_gue_dir` with validation, and every split it read: ``{key: {split: rows}}``.
+
+    Raises:
+        AblateError: as :func:`scan_gue_dir`.
+    """
+    return _scan(root, True)
+
+
+def _scan(root: str | Path,
+          validate: bool) -> tuple[list[DatasetStatus], dict[str, dict[str, GUESplit]]]:
     root = Path(root)
     if not root.is_dir():
         raise AblateError(
@@ -341,6 +362,7 @@ def scan_gue_dir(root: str | Path, validate: bool = True) -> list[DatasetStatus]
             f"{LAYOUT_HINT}"
         )
     statuses = []
+    splits: dict[str, dict[str, GUESplit]] = {}
     for key, dataset in REGISTRY.items():
         folder = root / dataset.group / dataset.name
         if not folder.is_dir():
@@ -365,9 +387,52 @@ def scan_gue_dir(root: str | Path, validate: bool = True) -> list[DatasetStatus]
                 if split in loaded
             }
         statuses.append(DatasetStatus(key=key, path=folder, rows=rows, in_train=in_train))
+        if loaded:
+            splits[key] = loaded
     if not statuses:
         raise AblateError(
             f"{root} holds none of the GUE datasets. Fix: pass the folder that holds the layout "
             f"{LAYOUT_HINT}, e.g. <root>/prom/prom_core_tata/train.csv"
         )
-    return statuses
+    return statuses, splits
+
+
+@dataclass
+class GUECheck:
+    """What ``ablate data check`` reports of a GUE folder.
+
+    Attributes:
+        statuses: One per dataset present (rows per split, exact dev/test duplicates of train).
+        overlap: Cross-task overlap: for each ordered pair of datasets (A, B) with a non-zero
+            count, A's dev/test rows that equal or lie inside a row of B's train split, and
+            those whose reverse complement does.
+        caveats: Composition-matched negatives, per dataset present.
+    """
+
+    statuses: list[DatasetStatus]
+    overlap: CrossTaskOverlap
+    caveats: list[CompositionCaveat]
+
+
+def check_gue_dir(root: str | Path) -> GUECheck:
+    """Validate every split under ``root`` and measure cross-task overlap and caveats.
+
+    Each split file is read once; the overlap runs one Aho-Corasick automaton over all dev and
+    test sequences and scans each train split once (about 10 s of CPU on the full GUE copy).
+
+    Raises:
+        AblateError: as :func:`scan_gue_dir`.
+    """
+    from ablate.data.caveats import composition_caveat
+    from ablate.leakage import cross_task_overlap
+
+    statuses, splits = read_gue_dir(root)
+    held_out = {
+        key: {s: loaded[s].sequences for s in ("dev", "test") if s in loaded}
+        for key, loaded in splits.items()
+    }
+    trains = {key: loaded["train"].sequences for key, loaded in splits.items()
+              if "train" in loaded}
+    overlap = cross_task_overlap({k: v for k, v in held_out.items() if v}, trains)
+    caveats = [composition_caveat(key, loaded) for key, loaded in splits.items()]
+    return GUECheck(statuses, overlap, caveats)
