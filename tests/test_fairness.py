@@ -129,3 +129,31 @@ def test_published_recipes_lie_inside_every_search_space():
                         assert v == 0 or spec.low < v < spec.high, (arch, recipe, name, v)
         warmups = {"warmup_steps", "warmup_ratio"} & set(space.params)
         assert warmups and "schedule" in space.params, arch
+
+
+@pytest.mark.integration
+def test_covid_is_scored_with_macro_f1(tmp_path):
+    """virus/covid (synthetic: the real files are often absent) is selected, stopped and
+    reported on macro F1, its registry metric; the k-mer floor searches its own k."""
+    from ablate.analysis import latest_sweep, trials
+    from ablate.tracking.schema import MetricName, metric_column, param_column
+    from tests.test_e2e import ablate, write_spec
+
+    spec = write_spec(
+        tmp_path, name="covid",
+        data={"synthetic": {"scale": 0.01, "seed": 2}, "tasks": ["virus/covid"]},
+        axes={"architecture": ["kmer"], "pretraining": ["none"], "tokenizer": ["char"]},
+        budget={"trials_per_cell": 2, "max_epochs": 2, "concurrent_trials": 2},
+        replicates=[0],
+    )
+    run = ablate("run", str(spec), cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    frame = trials(uri, "covid", latest_sweep(uri, "covid")[1])
+    score, f1 = metric_column(MetricName.DEV_SCORE), metric_column("dev_f1")
+    assert len(frame) == 2 and (frame[score] == frame[f1]).all()
+    assert (frame[metric_column(MetricName.BEST_DEV_SCORE)] >= frame[score]).all()
+    assert set(frame[param_column("k")].astype(int)) <= {3, 4, 5, 6}
+    report = ablate("report", str(spec), "--out", str(tmp_path / "report"), cwd=tmp_path)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "f1_macro" in (tmp_path / "report" / "report.md").read_text()
