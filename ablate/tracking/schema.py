@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 # run written before the tag existed (same tag and metric names; its Ray Tune state holds
 # untyped trial configs, so a version-1 sweep can be reported but not resumed). Version 3 adds
 # the task-metric names (``MetricName.DEV_SCORE`` and friends); version 2 runs are read with MCC
-# as their score.
-SCHEMA_VERSION = 3
+# as their score. Version 4 adds model failures (``Outcome.MODEL_FAILED``), cost in one unit
+# (``MetricName.PRICE``, checkpoint and lost seconds) and the sweep's provenance run.
+SCHEMA_VERSION = 4
 
 PRETRAIN_EXPERIMENT = "ablate-pretraining"  # the experiment of every pretraining run
 MODEL_ARTIFACT = "model"  # artifact path of a pretraining run's model folder
@@ -57,6 +58,8 @@ class Tag:
     PRETRAIN_KEY = "ablate.pretrain_key"
     PRETRAIN_NAME = "ablate.pretrain_name"
     PRETRAIN_KIND = "ablate.pretrain_kind"  # "external" for a registered checkpoint
+    FAILURE = "ablate.failure"  # why a run failed: a FailureKind value
+    PRICE_SOURCE = "ablate.price_source"  # the price-table key that priced a run, or "unpriced"
     # MLflow's own
     PARENT_RUN = "mlflow.parentRunId"
 
@@ -69,6 +72,7 @@ class Stage:
     TRIAL = "trial"
     REPLICATE = "replicate"
     PRETRAIN = "pretrain"
+    SWEEP = "sweep"  # one run per sweep: its provenance (spec, versions, data hashes, hardware)
 
 
 class Family:
@@ -84,8 +88,21 @@ class Outcome:
 
     COMPLETED = "completed"  # ran to its own end (max epochs or dev patience)
     PRUNED = "pruned"  # stopped early by ASHA
-    FAILED = "failed"  # raised (a NaN loss, say) after its retries
+    FAILED = "failed"  # an infrastructure failure (a lost node, say) after its retries
+    MODEL_FAILED = "model_failed"  # the model itself failed: a FailureKind; counts against it
     LOST = "lost"  # started by a killed driver, never saved; its slot was run again
+
+
+class FailureKind:
+    """Values of ``Tag.FAILURE``. The model kinds count against the arm (``MODEL_FAILURES``);
+    anything else is the infrastructure's, retried or re-issued, never scored."""
+
+    NAN_LOSS = "nan_loss"  # the training loss became NaN or infinite
+    OUT_OF_MEMORY = "out_of_memory"  # out of device memory at the configuration's own batch
+    INFRASTRUCTURE = "infrastructure"  # a lost or pre-empted node, a crash outside the model
+
+
+MODEL_FAILURES = (FailureKind.NAN_LOSS, FailureKind.OUT_OF_MEMORY)
 
 
 class MetricName:
@@ -109,7 +126,14 @@ class MetricName:
     # corpus before filtering; cell runs: "caveat_<name>", what the task's data lets it measure
     EXPOSURE_PREFIX = "exposure/"
     CAVEAT_PREFIX = "caveat_"
-    WALL_SECONDS = "wall_seconds"
+    WALL_SECONDS = "wall_seconds"  # compute time: set-up, epochs, evaluation (test included)
+    CHECKPOINT_SECONDS = "checkpoint_seconds"  # saving and uploading checkpoints, charged apart
+    LOST_SECONDS = "lost_seconds"  # work lost to a crash or kill and run again, charged too
+    TEST_SECONDS = "test_seconds"  # the one test evaluation of a replicate (inside wall_seconds)
+    PRICE = "price"  # money charged for the run: device_hours x the matched price per hour
+    ENERGY_KWH = "energy_kwh"
+    MFU = "mfu"
+    MODEL_FAILURE = "model_failure"  # 1 on the final result of a run the model itself failed
     FLOPS = "flops"
     DEVICE_HOURS = "device_hours"
     N_PARAMS = "n_params"

@@ -1,0 +1,294 @@
+"""Paired comparisons along one axis, and contrasts between cell patterns."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ablate.analysis.columns import (
+    AXES,
+    CELL_COLUMNS,
+    SIZE_COLUMNS,
+    SIZE_MISMATCH,
+    STAT_COLUMNS,
+    family_of,
+)
+from ablate.analysis.tables import (
+    _usable,
+)
+from ablate.tracking.schema import (
+    Family,
+)
+
+if TYPE_CHECKING:
+    from ablate.spec import CellPattern, Contrast
+
+
+# --- comparisons along one axis --------------------------------------------------------------
+
+
+def _comparison_pairs(values: list[str], axis: str,
+                      families: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(treatment, baseline) pairs along one axis, oriented to answer the study's questions.
+
+    On the architecture axis every transformer is set against every convolutional model; the
+    k-mer baseline is the floor, in neither group. With only one family present its members are
+    compared with each other.
+    """
+    if axis == "pretraining":
+        return [(v, "none") for v in values if v != "none" and "none" in values]
+    if axis == "architecture":
+        family = {v: (families or {}).get(v) or family_of(v) for v in values}
+        transformers = [v for v in values if family[v] == Family.TRANSFORMER]
+        convolutional = [v for v in values if family[v] == Family.CONVOLUTIONAL]
+        if transformers and convolutional:
+            return [(t, c) for t in transformers for c in convolutional]
+        return list(itertools.combinations(sorted(transformers or convolutional), 2))
+    if axis == "tokenizer":
+        bpe = [v for v in values if v.startswith("bpe")]
+        return [(b, v) for b in bpe for v in values if not v.startswith("bpe")] or list(
+            itertools.combinations(sorted(values), 2)
+        )
+    return list(itertools.combinations(sorted(values), 2))
+
+
+def _median(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.median()) if len(values) else np.nan
+
+
+def _size_columns(treatment: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, Any]:
+    """Both arms' parameter counts (median over their runs), their ratio and the flags."""
+    mine, theirs = _median(treatment["n_params"]), _median(baseline["n_params"])
+    ratio = mine / theirs if mine > 0 and theirs > 0 else np.nan
+    metrics = sorted(set(treatment["metric"]) | set(baseline["metric"]))
+    return {
+        "metric": "+".join(metrics),
+        "treatment_params": mine,
+        "baseline_params": theirs,
+        "size_ratio": ratio,
+        "size_mismatch": bool(np.isfinite(ratio)
+                              and max(ratio, 1.0 / ratio) > SIZE_MISMATCH),
+        "treatment_extension": bool(treatment["extension"].any()),
+        "baseline_extension": bool(baseline["extension"].any()),
+        "exposure_unknown": bool(treatment["external_pretrained"].any()
+                                 or baseline["external_pretrained"].any()),
+    }
+
+
+def _arm(rows: pd.DataFrame, tasks: pd.Index, seeds: pd.Index) -> pd.DataFrame:
+    return rows[rows["task"].isin(tasks) & rows["seed"].isin(seeds)]
+
+
+def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Paired comparisons along each axis, the other two axes held fixed, across tasks.
+
+    Each comparison pairs the two conditions task by task and replicate by replicate (the same
+    seeds) on the task's score; collapsed replicates count with their (near-zero) score, failed
+    ones are left out of that pair. Wilcoxon signed-rank across tasks, Holm over every
+    comparison of the report. Each row also gives both arms' parameter counts (median over the
+    compared runs), their ratio, ``size_mismatch`` when they differ by more than
+    ``SIZE_MISMATCH``, whether an arm is ablate's own extension (a convolutional model with a
+    non-char tokenizer) and ``exposure_unknown`` when an arm is an external checkpoint's
+    pretrained cell.
+    """
+    from ablate.stats import comparison_table, paired_comparison
+
+    usable = _usable(reps)
+    families = dict(zip(usable["architecture"], usable["family"], strict=True))
+    results, meta = {}, []
+    for axis in AXES:
+        others = [a for a in AXES if a != axis]
+        for fixed, group in usable.groupby(others, sort=True):
+            values = sorted(group[axis].unique())
+            for treatment, baseline in _comparison_pairs(values, axis, families):
+                mine = group[group[axis] == treatment]
+                theirs = group[group[axis] == baseline]
+                a = mine.pivot_table(index="task", columns="seed", values="test_score")
+                b = theirs.pivot_table(index="task", columns="seed", values="test_score")
+                tasks = a.index.intersection(b.index)
+                seeds = a.columns.intersection(b.columns)
+                a, b = a.loc[tasks, seeds], b.loc[tasks, seeds]
+                keep = a.notna().all(axis=1) & b.notna().all(axis=1)
+                if keep.sum() == 0 or len(seeds) == 0:
+                    continue
+                fixed_text = ", ".join(f"{k}={v}" for k, v in zip(others, fixed, strict=True))
+                name = f"{axis}: {treatment} vs {baseline} ({fixed_text})"
+                results[name] = paired_comparison(a[keep].to_numpy(), b[keep].to_numpy(),
+                                                  seed=seed)
+                kept = tasks[keep.to_numpy()]
+                meta.append({"comparison": name, "axis": axis, "treatment": treatment,
+                             "baseline": baseline, **dict(zip(others, fixed, strict=True)),
+                             **_size_columns(_arm(mine, kept, seeds), _arm(theirs, kept, seeds))})
+    if not results:
+        return pd.DataFrame(columns=["comparison", "axis", "treatment", "baseline",
+                                     *STAT_COLUMNS, *SIZE_COLUMNS])
+    table = comparison_table(results, alpha=alpha)
+    return pd.DataFrame(meta).merge(table, on="comparison")
+
+
+# --- contrasts across axes -------------------------------------------------------------------
+
+
+def pattern_text(pattern: CellPattern) -> str:
+    """A cell pattern in words, e.g. ``transformer, pretrained``."""
+    parts = [pattern.family] if pattern.family else []
+    if pattern.pretrained is not None:
+        parts.append("pretrained" if pattern.pretrained else "from scratch")
+    parts += [f"{axis}={getattr(pattern, axis)}" for axis in AXES
+              if getattr(pattern, axis) != "*"]
+    return ", ".join(parts) or "any cell"
+
+
+def condition(row: Any) -> str:
+    """A cell's condition (its axes but the task): ``architecture/pretraining/tokenizer``."""
+    return "/".join(str(getattr(row, axis)) for axis in AXES)
+
+
+def _catalogue(reps: pd.DataFrame, cell_table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell with its axes, family and dev score (the cell table's best dev score, or the
+    mean dev score of its replicates for a cell the table lacks)."""
+    columns = ["cell", *CELL_COLUMNS, "family", "dev_score"]
+    known = pd.DataFrame(columns=columns)
+    if cell_table is not None and len(cell_table):
+        known = cell_table.assign(dev_score=cell_table["best_dev_score"])[columns]
+    extra = reps[~reps["cell"].isin(known["cell"])]
+    if len(extra):
+        more = extra.groupby("cell", sort=True).agg(
+            **{c: (c, "first") for c in [*CELL_COLUMNS, "family"]},
+            dev_score=("dev_score", "mean")).reset_index()
+        known = pd.concat([known, more[columns]], ignore_index=True) if len(known) else more
+    return known.reset_index(drop=True)
+
+
+def _matching(catalogue: pd.DataFrame, pattern: CellPattern) -> pd.Series:
+    return pd.Series([pattern.matches(architecture=r.architecture, pretraining=r.pretraining,
+                                      tokenizer=r.tokenizer, family=r.family)
+                      for r in catalogue.itertuples()], index=catalogue.index, dtype=bool)
+
+
+def contrast_pairs(reps: pd.DataFrame, cell_table: pd.DataFrame,
+                   patterns: Sequence[Contrast]) -> pd.DataFrame:
+    """Per contrast and task: which treatment cell is set against which control cell.
+
+    With ``control_choice="best"`` the control of a task is its control cell with the best dev
+    score (chosen on dev, so test stays untouched by the choice); with ``"each"`` every control
+    cell of the task in turn. A task with treatment cells but no control (or no control with a
+    dev score to choose by) gives no pair.
+    """
+    columns = ["contrast", "task", "treatment", "control", "treatment_cell", "control_cell",
+               "control_dev_score"]
+    catalogue = _catalogue(reps, cell_table)
+    rows = []
+    for pattern in patterns:
+        if catalogue.empty:
+            break
+        treated = _matching(catalogue, pattern.treatment)
+        controls = _matching(catalogue, pattern.control)
+        best_label = f"best by dev of [{pattern_text(pattern.control)}]"
+        for task, cells_of_task in catalogue.groupby("task", sort=True):
+            treatment = cells_of_task[treated.loc[cells_of_task.index]]
+            control = cells_of_task[controls.loc[cells_of_task.index]]
+            if pattern.control_choice == "best":
+                ranked = control[control["dev_score"].notna()].sort_values(
+                    ["dev_score", "cell"], ascending=[False, True])
+                control = ranked.head(1)
+            for t in treatment.itertuples():
+                for c in control.itertuples():
+                    if t.cell == c.cell:
+                        continue
+                    rows.append({
+                        "contrast": pattern.name, "task": task, "treatment": condition(t),
+                        "control": best_label if pattern.control_choice == "best"
+                        else condition(c),
+                        "treatment_cell": t.cell, "control_cell": c.cell,
+                        "control_dev_score": c.dev_score,
+                    })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def matching_cells(reps: pd.DataFrame, cell_table: pd.DataFrame,
+                   pattern: CellPattern) -> list[str]:
+    """The study's cells a pattern takes, every task together."""
+    catalogue = _catalogue(reps, cell_table)
+    if catalogue.empty:
+        return []
+    return sorted(catalogue.loc[_matching(catalogue, pattern), "cell"])
+
+
+def contrast_tasks(reps: pd.DataFrame, cell_table: pd.DataFrame,
+                   patterns: Sequence[Contrast]) -> pd.DataFrame:
+    """:func:`contrast_pairs` with each pair's test scores: the mean over the seeds both cells
+    have a usable replicate for, and their difference (treatment - control)."""
+    pairs = contrast_pairs(reps, cell_table, patterns)
+    usable = _usable(reps)
+    by_cell = {cell: group.set_index("seed")["test_score"]
+               for cell, group in usable.groupby("cell")}
+    empty = pd.Series(dtype=float)
+    means = []
+    for t, c in zip(pairs["treatment_cell"], pairs["control_cell"], strict=True):
+        a, b = by_cell.get(t, empty), by_cell.get(c, empty)
+        seeds = a.index.intersection(b.index)
+        a, b = a.loc[seeds].groupby(level=0).mean(), b.loc[seeds].groupby(level=0).mean()
+        means.append({"seeds": len(a), "treatment_test": float(a.mean()) if len(a) else np.nan,
+                      "control_test": float(b.mean()) if len(b) else np.nan})
+    frame = pd.concat([pairs, pd.DataFrame(means, index=pairs.index,
+                                           columns=["seeds", "treatment_test",
+                                                    "control_test"])], axis=1)
+    frame["difference"] = frame["treatment_test"] - frame["control_test"]
+    return frame
+
+
+def contrasts(reps: pd.DataFrame, cell_table: pd.DataFrame, patterns: Sequence[Contrast], *,
+              seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Paired tests between cell patterns that may vary several axes at once.
+
+    Per task, each treatment cell is set against the control side (:func:`contrast_pairs`),
+    replicate by replicate (the same seeds); across tasks the statistics are those of
+    :func:`comparisons` (Wilcoxon over tasks, bootstrap interval, Holm over every row of this
+    table, one family). One row per contrast, treatment condition and control (``best by dev``
+    or each control condition), with both arms' parameter counts and flags as in comparisons;
+    ``control_cells`` names the control chosen on each task.
+    """
+    from ablate.stats import comparison_table, paired_comparison
+
+    columns = ["comparison", "contrast", "treatment", "control", "control_cells", *STAT_COLUMNS,
+               *SIZE_COLUMNS]
+    pairs = contrast_pairs(reps, cell_table, patterns)
+    usable = _usable(reps)
+    if pairs.empty or usable.empty:
+        return pd.DataFrame(columns=columns)
+    scores = usable.pivot_table(index="cell", columns="seed", values="test_score")
+    results, meta = {}, []
+    for (name, treatment, control), group in pairs.groupby(
+            ["contrast", "treatment", "control"], sort=False):
+        group = group[group["treatment_cell"].isin(scores.index)
+                      & group["control_cell"].isin(scores.index)]
+        if group.empty:
+            continue
+        a = scores.loc[group["treatment_cell"]].set_axis(group["task"], axis=0)
+        b = scores.loc[group["control_cell"]].set_axis(group["task"], axis=0)
+        seeds = a.columns[(a.notna().any(axis=0) & b.notna().any(axis=0)).to_numpy()]
+        a, b = a[seeds], b[seeds]
+        keep = (a.notna().all(axis=1) & b.notna().all(axis=1)).to_numpy()
+        if keep.sum() == 0 or len(seeds) == 0:
+            continue
+        key = f"{name}: {treatment} vs {control}"
+        results[key] = paired_comparison(a[keep].to_numpy(), b[keep].to_numpy(), seed=seed)
+        kept = group[keep]
+        mine = usable[usable["cell"].isin(kept["treatment_cell"]) & usable["seed"].isin(seeds)]
+        theirs = usable[usable["cell"].isin(kept["control_cell"]) & usable["seed"].isin(seeds)]
+        chosen = "; ".join(f"{task}: {cell}" for task, cell in
+                           zip(kept["task"], kept["control_cell"], strict=True))
+        meta.append({"comparison": key, "contrast": name, "treatment": treatment,
+                     "control": control, "control_cells": chosen,
+                     **_size_columns(mine, theirs)})
+    if not results:
+        return pd.DataFrame(columns=columns)
+    table = comparison_table(results, alpha=alpha)
+    return pd.DataFrame(meta).merge(table, on="comparison")[
+        [*columns, "n_replicates", "note"]]
