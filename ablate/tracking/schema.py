@@ -148,6 +148,8 @@ RESULT_TAGS = {
     "device_name": Tag.DEVICE_NAME,
     "peak_source": Tag.PEAK_SOURCE,
     "flops_method": Tag.FLOPS_METHOD,
+    "failure": Tag.FAILURE,
+    "price_source": Tag.PRICE_SOURCE,
 }
 
 
