@@ -240,6 +240,7 @@ def run(
         gue_dir=str(gue_dir) if gue_dir else None,
         resume=resume,
         progress=lambda msg: print(f"  {msg}", flush=True),
+        spec_file=study,
     )
     print(
         f"finished {result.num_trials} trials ({result.num_errors} failed) in "
@@ -297,16 +298,20 @@ def report(
     spec = load_study(study)
     uri = tracking_uri or spec.tracking.uri
     out_dir = out or Path("reports") / spec.name
-    result = write_report(uri, spec.name, out_dir, contrasts=spec.contrasts)
+    result = write_report(uri, spec.name, out_dir, contrasts=spec.contrasts,
+                          trials_per_cell=spec.budget.trials_per_cell,
+                          replicates_per_cell=len(spec.replicates))
     table = Table(title=f"study {spec.name} (sweep {result.sweep})")
     for column in ("task", "architecture", "pretraining", "tokenizer"):
         table.add_column(column)
-    for column in ("trials (done/stopped/failed)", "best dev score", "wall s", "FLOPs"):
+    for column in ("trials (done/stopped/model failed/infra failed)", "best dev score",
+                   "wall s", "FLOPs"):
         table.add_column(column, justify="right")
     for row in result.cells.itertuples():
         table.add_row(
             row.task, row.architecture, row.pretraining, row.tokenizer,
-            f"{row.trials} ({row.completed}/{row.pruned}/{row.failed})",
+            f"{row.budget_trials} ({row.completed}/{row.pruned}/{row.model_failed}/"
+            f"{row.failed})",
             f"{row.best_dev_score:.4f} {row.metric}", f"{row.wall_seconds:.1f}",
             f"{row.flops:.3g}",
         )

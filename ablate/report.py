@@ -107,13 +107,48 @@ def _size_text(row) -> str:
             f"parameters{ratio}{mark}")
 
 
-def _stats_text(row) -> str:
+def _interval_text(row) -> str:
+    """``95% interval [-0.66, -0.19] over 3 tasks x 3 seeds (rough: ...)``: n beside every
+    interval, and no bare "95%" from fewer than ``stats.MIN_RESAMPLING_UNITS`` tasks."""
+    from ablate.stats import MIN_RESAMPLING_UNITS
+
     ci = f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+    sample = getattr(row, "sample", "") or f"{row.n_tasks} task(s)"
+    n_tasks = int(row.n_tasks)
+    if n_tasks == 1:
+        label = "interval over the seeds of its one task"
+    elif n_tasks < MIN_RESAMPLING_UNITS:
+        label = f"rough interval (only {n_tasks} tasks to resample, not a calibrated 95%)"
+    else:
+        label = "95% interval"
+    return f"{label} {ci} over {sample}"
+
+
+def verdict_text(row) -> str:
+    """The verdict of a comparison row in words; an underpowered one says why and what
+    it would take."""
+    if row.verdict == "underpowered":
+        if int(row.n_tasks) < 2:
+            return (f"**underpowered**: {int(row.n_tasks)} task, no test possible; read the "
+                    "effect and its interval")
+        holm = ""
+        if getattr(row, "family_size", 1) and int(row.family_size) > 1:
+            holm = (f" ({min(float(row.p_holm_floor), 1.0):.3g} after Holm over "
+                    f"{int(row.family_size)} comparisons)")
+        return (f"**underpowered**: {int(row.n_tasks)} tasks, smallest attainable p = "
+                f"{float(row.p_floor):.3g}{holm}, so no result could reach 0.05; read the "
+                f"effect and its interval (at least {int(row.tasks_needed)} tasks are needed "
+                "before any comparison of this family can)")
+    if row.verdict == "refused":
+        return "**refused**: budgets differ or the sweep has not finished"
+    return f"**{row.verdict}**"
+
+
+def _stats_text(row) -> str:
     p = "untested" if pd.isna(row.p_value) else f"p = {row.p_value:.3g} (Holm {row.p_holm:.3g})"
     metric = row.metric.replace("+", " / ")
-    return (f"mean test score difference ({metric}) {row.mean_difference:+.3f}, 95% CI {ci}, "
-            f"Wilcoxon {p}, P(improvement) {row.prob_improvement:.2f} over {row.n_tasks} "
-            f"task(s)")
+    return (f"mean test score difference ({metric}) {row.mean_difference:+.3f}, "
+            f"{_interval_text(row)}, Wilcoxon {p}, P(improvement) {row.prob_improvement:.2f}")
 
 
 def _arm(name: str, extension: bool) -> str:
@@ -125,15 +160,37 @@ def _exposure_text(row) -> str:
 
 
 def _sentence(row) -> str:
-    return (f"{_arm(row.treatment, row.treatment_extension)} vs "
-            f"{_arm(row.baseline, row.baseline_extension)} ({_fixed(row)}): {_stats_text(row)}; "
-            f"{_size_text(row)}: **{row.verdict}**{_exposure_text(row)}")
+    head = (f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
+            f"{_arm(row.baseline, bool(row.baseline_extension))} ({_fixed(row)})")
+    if row.verdict == "refused":
+        return f"{head}: {verdict_text(row)}{_refused_text(row)}"
+    return (f"{head}: {_stats_text(row)}; {_size_text(row)}: {verdict_text(row)}"
+            f"{_exposure_text(row)}{_refused_text(row)}")
+
+
+def _refused_text(row) -> str:
+    refused = getattr(row, "refused", "")
+    return f"; left out: {refused}" if isinstance(refused, str) and refused else ""
 
 
 def _contrast_sentence(row) -> str:
-    return (f"{_arm(row.treatment, row.treatment_extension)} vs "
-            f"{_arm(row.control, row.baseline_extension)}: {_stats_text(row)}; "
-            f"{_size_text(row)}: **{row.verdict}**{_exposure_text(row)}")
+    head = (f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
+            f"{_arm(row.control, bool(row.baseline_extension))}")
+    if row.verdict == "refused":
+        return f"{head}: {verdict_text(row)}{_refused_text(row)}"
+    return (f"{head}: {_stats_text(row)}; {_size_text(row)}: {verdict_text(row)}"
+            f"{_exposure_text(row)}{_refused_text(row)}")
+
+
+def tally(rows: pd.DataFrame, family_size: int, what: str = "comparison") -> str:
+    """``0 of 4 comparison(s) significant after Holm over all 20 (alpha 0.05); 4
+    underpowered``: the count of each verdict, underpowered ones apart from the others."""
+    counts = rows["verdict"].value_counts()
+    line = (f"{int(counts.get('significant', 0))} of {len(rows)} {what}(s) significant after "
+            f"Holm correction over all {family_size} {what} rows (alpha 0.05)")
+    extra = [f"{int(counts[v])} {v}" for v in ("underpowered", "not significant", "refused")
+             if counts.get(v, 0)]
+    return line + (f"; {', '.join(extra)}." if extra else ".")
 
 
 def _fixed(row) -> str:
@@ -158,11 +215,7 @@ def summarise(comps: pd.DataFrame, has_replicates: bool) -> list[str]:
             lines.append("The study has no pair of conditions along this axis with the other "
                          "two held fixed.")
         else:
-            significant = rows[rows["verdict"] == "significant"]
-            lines.append(
-                f"{len(significant)} of {len(rows)} comparison(s) significant after Holm "
-                f"correction over all {len(comps)} comparisons (alpha 0.05)."
-            )
+            lines.append(tally(rows, len(comps)))
             lines += [f"- {_sentence(r)}" for r in rows.itertuples()]
         lines.append("")
     return lines
@@ -188,9 +241,7 @@ def summarise_contrasts(rows: pd.DataFrame, pattern: Contrast, has_replicates: b
     elif rows.empty:
         lines.append("No task has replicates of both sides with the same seeds.")
     else:
-        significant = rows[rows["verdict"] == "significant"]
-        lines.append(f"{len(significant)} of {len(rows)} contrast(s) significant after Holm "
-                     f"correction over all {family_size} contrast rows (alpha 0.05).")
+        lines.append(tally(rows, family_size, "contrast"))
         lines += [f"- {_contrast_sentence(r)}" for r in rows.itertuples()]
     lines.append("")
     return lines
@@ -265,11 +316,18 @@ def _comparison_section(comps: pd.DataFrame) -> _Section:
     if comps.empty:
         section.lines = ["No replicates or no pair of conditions, so no test comparisons."]
         return section
-    shown = ["comparison", "metric", "mean_difference", "ci_low", "ci_high", "p_value", "p_holm",
-             "verdict", "n_tasks", "treatment_params", "baseline_params", "size_ratio"]
+    shown = ["comparison", "metric", "mean_difference", "ci_low", "ci_high", "sample",
+             "p_value", "p_floor", "p_holm", "p_holm_floor", "verdict", "treatment_params",
+             "baseline_params", "size_ratio", "refused"]
     section.lines = ["Each row pairs two conditions task by task and seed by seed on the "
-                     "task's score; parameter counts are the median over each arm's "
-                     "compared runs.", *legend(comps)]
+                     "task's score (a model failure counts as score 0 against its arm; an "
+                     "infrastructure failure drops that seed's pair). The interval is a "
+                     "hierarchical bootstrap over tasks, then seeds within each task; sample "
+                     "gives its size. p_floor is the smallest p the exact Wilcoxon test can give "
+                     "with that many tasks, p_holm_floor the same after Holm: a row whose "
+                     "p_holm_floor exceeds 0.05 is underpowered, whatever its data. Parameter "
+                     "counts are the median over each arm's compared runs.", *legend(comps)]
+    shown = [c for c in shown if c in comps]
     section.tables = [_with_marks(comps)[["comparison", "marks", *shown[1:]]]]
     return section
 
@@ -278,14 +336,66 @@ def _contrast_tables(contr: pd.DataFrame, per_task: pd.DataFrame) -> list[pd.Dat
     tables = []
     if len(contr):
         shown = ["comparison", "marks", "metric", "mean_difference", "ci_low", "ci_high",
-                 "p_holm", "verdict", "n_tasks", "treatment_params", "baseline_params",
-                 "size_ratio"]
+                 "sample", "p_holm", "p_holm_floor", "verdict", "treatment_params",
+                 "baseline_params", "size_ratio"]
+        shown = [c for c in shown if c in contr or c == "marks"]
         tables.append(_with_marks(contr)[shown].rename(columns={"baseline_params":
                                                                 "control_params"}))
     if len(per_task):
         tables.append(per_task[["task", "treatment_cell", "control_cell", "control_dev_score",
                                 "seeds", "treatment_test", "control_test", "difference"]])
     return tables
+
+
+def _parity_section(table: pd.DataFrame, refused: dict[str, str],
+                    trials_per_cell: int | None,
+                    replicates_per_cell: int | None = None) -> _Section:
+    """Before any comparison: which cells are unfinished or unlike the others, and so left
+    out of every comparison, and which still miss replicates."""
+    section = _Section("Budget parity")
+    budget = (f"{trials_per_cell} trials per cell" if trials_per_cell is not None
+              else "the most common trial count (no spec given to say the budget)")
+    if table.empty:
+        section.lines = ["No search trials yet."]
+    elif not refused:
+        section.lines = [f"Every cell finished its budget ({budget}, counting completed, pruned "
+                         "and model-failed trials; infrastructure failures are re-issued), and "
+                         "every cell of a task had the same epoch budget."]
+    else:
+        section.lines = [f"**{len(refused)} of {len(table)} cell(s) are left out of every "
+                         f"comparison**: their budget is unfinished or unlike the others' "
+                         f"(target: {budget}). Comparisons name the tasks this removed."]
+        section.tables = [pd.DataFrame({"cell": list(refused), "reason": list(refused.values())})]
+    if replicates_per_cell and len(table):
+        have = (table["replicates"].fillna(0).astype(int) if "replicates" in table
+                else pd.Series(0, index=table.index))
+        short = table[have < replicates_per_cell].assign(replicates=have)
+        if len(short):
+            section.after = [f"**{len(short)} cell(s) have fewer replicates than the "
+                             f"{replicates_per_cell} asked for** (the replicate stage has not "
+                             "finished, or replicates are still to run): their comparisons use "
+                             "only the seeds both arms have. "
+                             + "; ".join(f"{r.cell}: {r.replicates} of {replicates_per_cell}"
+                                         for r in short.itertuples())]
+    return section
+
+
+def _selection_section(table: pd.DataFrame) -> _Section:
+    """What selecting on a small dev set costs: per cell, the selected configuration's dev
+    score minus its replicates' mean test score."""
+    section = _Section("Selection on dev: the dev-to-test gap")
+    if "selection_gap" not in table or table["selection_gap"].isna().all():
+        section.lines = ["No replicates with test scores, so no dev-to-test gap."]
+        return section
+    gaps = table.dropna(subset=["selection_gap"])
+    section.lines = [
+        f"The configuration chosen on dev scored {gaps['selection_gap'].mean():+.3f} higher on "
+        f"dev than its replicates scored on test, on average over {len(gaps)} cell(s) (median "
+        f"{gaps['selection_gap'].median():+.3f}): the optimism of picking the best of a "
+        "search on a small dev set, plus the dev/test shift."]
+    section.tables = [gaps[["cell", "metric", "best_dev_score", "test_score", "test_ci_low",
+                            "test_ci_high", "test_n", "selection_gap"]]]
+    return section
 
 
 def _tasks_section(table: pd.DataFrame, floor: pd.DataFrame, notes: pd.DataFrame) -> _Section:
@@ -368,22 +478,30 @@ def _cell_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None = None,
-                 contrasts: Sequence[Contrast] = ()) -> Report:
+                 contrasts: Sequence[Contrast] = (), trials_per_cell: int | None = None,
+                 replicates_per_cell: int | None = None) -> Report:
     """Query MLflow for a study's latest sweep (or ``sweep``) and write every report file.
 
     ``contrasts`` are the study's own (``StudySpec.contrasts``); ``HEADLINE_CONTRAST`` is
-    always computed and stated first.
+    always computed and stated first. ``trials_per_cell`` (the spec's budget) lets the report
+    tell an unfinished sweep from a finished one; cells whose budget is unfinished or unlike
+    the others' are listed first and left out of every comparison; with
+    ``replicates_per_cell`` (the spec's replicate count) cells still missing replicates are
+    listed there too (their comparisons use the seeds both arms have).
     """
     sweep = sweep or analysis.latest_sweep(tracking_uri, study)[1]
     all_runs = analysis.runs(tracking_uri, study, sweep)
     trial_runs = analysis.search_trials(all_runs)
     reps = analysis.replicates(all_runs)
-    table = analysis.cells(trial_runs, all_runs if len(reps) else None, cell_runs=all_runs)
-    parity = analysis.budget_parity(table)
+    table = analysis.cells(trial_runs, all_runs if len(reps) else None, cell_runs=all_runs,
+                           trials_per_cell=trials_per_cell)
+    parity = analysis.budget_parity(table, trials_per_cell=trials_per_cell)
     table["budget_equal"] = table["cell"].map(parity)
-    comps = analysis.comparisons(reps) if len(reps) else pd.DataFrame()
+    refused = analysis.refused_cells(table, trials_per_cell=trials_per_cell)
+    table["refused"] = table["cell"].map(refused).fillna("")
+    comps = analysis.comparisons(reps, refused=refused) if len(reps) else pd.DataFrame()
     patterns = _patterns(contrasts)
-    contr = analysis.contrasts(reps, table, patterns)
+    contr = analysis.contrasts(reps, table, patterns, refused=refused)
     per_task = analysis.contrast_tasks(reps, table, patterns)
     linked = all_runs.assign(link=analysis._column(all_runs, analysis.PRETRAIN_RUN, None))
     pre_ids = list(linked["link"].dropna().unique())
@@ -439,17 +557,20 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     data_tags = analysis._column(all_runs, tag_column(Tag.DATA), "").dropna().unique()
     synthetic = any(str(v).startswith("synthetic") for v in data_tags)
     budget_note = ("All cells had the same budget." if all(parity.values()) else
-                   "**Budgets differ**: comparisons involving cells marked False in "
-                   "budget_equal are not fair.")
-    shown = ["cell", "family", "metric", "trials", "completed", "pruned", "failed", "max_epochs",
-             "budget_equal", "best_dev_score", "n_params", "device_hours", "wall_seconds",
-             "flops"]
-    shown += [c for c in ("replicates", "collapsed", "replicate_failures", "test_score")
-              if c in table]
+                   "**Budgets differ**: cells marked False in budget_equal are left out of "
+                   "every comparison (listed under Budget parity).")
+    shown = ["cell", "family", "metric", "budget_trials", "completed", "pruned",
+             "model_failed", "failed", "running", "max_epochs", "budget_equal",
+             "best_dev_score", "n_params", "device_hours", "wall_seconds", "flops"]
+    shown += [c for c in ("replicates", "replicate_model_failures", "replicate_failures",
+                          "collapsed", "test_score", "test_ci_low", "test_ci_high", "test_n",
+                          "selection_gap") if c in table]
     extension = [EXTENSION_NOTE] if table["extension"].any() else []
     budget = _Section("Budget per cell", [budget_note, *extension], [_cell_view(table)[shown]])
     questions = _Section("The three questions", [*summary, friedman_line])
-    sections = [blocks[0], questions, *blocks[1:], _comparison_section(comps),
+    sections = [_parity_section(table, refused, trials_per_cell, replicates_per_cell),
+                blocks[0], questions,
+                *blocks[1:], _comparison_section(comps), _selection_section(table),
                 _tasks_section(table, floor, notes), _leakage_section(leaks, uses),
                 _edge_section(table, bool(analysis.search_spaces(all_runs))), budget]
     if len(even):

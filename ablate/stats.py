@@ -61,18 +61,26 @@ class PairedResult:
 
     Attributes:
         mean_difference: Mean over tasks of (A - B), each task's value being the mean over its
-            replicates.
-        ci_low: Lower bound of the bootstrap interval of ``mean_difference`` (tasks resampled).
+            paired replicates.
+        ci_low: Lower bound of the interval of ``mean_difference``: a hierarchical bootstrap
+            (tasks resampled, then seeds within each task), so the seeds count even with one
+            task.
         ci_high: Upper bound of that interval.
-        confidence: Confidence level of the interval.
+        confidence: Nominal confidence level of the interval. With fewer than
+            ``MIN_RESAMPLING_UNITS`` tasks it is a description of the spread, not a calibrated
+            interval (``interval_note`` says so).
         statistic: Wilcoxon signed-rank statistic (NaN when the test was not run).
-        p_value: Two-sided Wilcoxon p-value, unadjusted. 1.0 when every difference is zero; NaN
-            when there are fewer than two tasks (``note`` says why).
+        p_value: Two-sided Wilcoxon p-value over tasks, unadjusted. 1.0 when every difference
+            is zero; NaN when there are fewer than two tasks (``note`` says why).
         prob_improvement: Estimated P(A > B): the fraction of (task, replicate) pairs in which A
             beats B, ties counting one half.
         n_tasks: Number of tasks compared.
-        n_replicates: Replicates per task (1 when per-task values were given).
+        n_replicates: Paired replicates per task (the most any task has; see ``n_pairs``).
         note: Empty, or why the test was skipped or degenerate.
+        n_pairs: Number of (task, seed) pairs behind the interval.
+        p_floor: The smallest two-sided p-value the exact test can give with ``n_tasks``
+            tasks (:func:`min_attainable_p`); 1.0 when no test is possible.
+        interval_note: Empty, or why the interval should not be read as a calibrated 95%.
     """
 
     mean_difference: float
@@ -85,6 +93,14 @@ class PairedResult:
     n_tasks: int
     n_replicates: int
     note: str = ""
+    n_pairs: int = 0
+    p_floor: float = 1.0
+    interval_note: str = ""
+
+    @property
+    def sample(self) -> str:
+        """The resampling units in words: ``3 tasks x 3 seeds``."""
+        return sample_text(self.n_tasks, self.n_replicates, self.n_pairs)
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,105 @@ def bootstrap_ci(
     return Interval(mean=mean, low=low, high=high, method=used)
 
 
+MIN_RESAMPLING_UNITS = 5  # below this many tasks an interval is a description, not a 95% CI
+UNDERPOWERED = "underpowered"
+
+
+def sample_text(n_tasks: int, n_seeds: int, n_pairs: int | None = None) -> str:
+    """The sample behind an interval in words: ``3 tasks x 3 seeds`` (``9 pairs`` when the
+    tasks have unequal numbers of paired seeds)."""
+    tasks = f"{n_tasks} task{'s' if n_tasks != 1 else ''}"
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    if n_pairs is not None and n_pairs and n_pairs != n_tasks * n_seeds:
+        return f"{tasks} x up to {seeds} ({n_pairs} pairs)"
+    return f"{tasks} x {seeds}"
+
+
+def min_attainable_p(n_tasks: int) -> float:
+    """The smallest two-sided p-value the exact Wilcoxon signed-rank test can give on
+    ``n_tasks`` paired differences: every difference of one sign, ``2 / 2**n`` (0.5 with 2
+    tasks, 0.25 with 3, 0.125 with 4, 0.0625 with 5). 1.0 below two tasks, where no test
+    runs. Ties (zero differences kept by ``zsplit``) only raise it.
+    """
+    if n_tasks < 2:
+        return 1.0
+    return float(2.0 ** (1 - n_tasks))
+
+
+def tasks_needed(family_size: int, alpha: float = 0.05) -> int:
+    """The fewest tasks with which a comparison can reach ``alpha`` after Holm over
+    ``family_size`` comparisons: the smallest n with ``family_size * 2 / 2**n <= alpha``.
+    That is only the floor: detecting an effect needs more tasks than this."""
+    m = max(int(family_size), 1)
+    return max(2, math.ceil(1 + math.log2(m / alpha) - 1e-12))
+
+
+def hierarchical_bootstrap(
+    differences: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Interval:
+    """Percentile interval of the mean over tasks of each task's mean paired difference,
+    resampling tasks with replacement and then, within each drawn task, its seeds.
+
+    Args:
+        differences: (n_tasks, n_seeds) array of paired differences A - B, one per task and
+            replicate seed; NaN where a pair is missing (that seed is left out of that task
+            only). Every task needs at least one finite pair.
+        confidence: Two-sided level of the percentile interval.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of the resampling generator.
+
+    Returns:
+        ``Interval(mean, low, high, method)`` with ``method="hierarchical"``, or ``"point"``
+        when nothing can vary (one task and one seed, or all differences equal). With one task
+        the interval is over its seeds alone; with a handful of tasks it describes the spread
+        more than it covers at its nominal level.
+    """
+    # Written by hand: SciPy's bootstrap resamples one level only, and no well-kept library
+    # offers the two-level (tasks, then seeds) resampling of paired differences.
+    diffs = np.asarray(differences, dtype=float)
+    if diffs.ndim == 1:
+        diffs = diffs[:, None]
+    if diffs.ndim != 2 or diffs.size == 0:
+        raise ValueError(f"differences must be a (tasks, seeds) array, got shape {diffs.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    finite = np.isfinite(diffs)
+    counts = finite.sum(axis=1)
+    if np.any(counts == 0):
+        raise ValueError("every task needs at least one finite paired difference")
+    task_means = np.nanmean(np.where(finite, diffs, np.nan), axis=1)
+    mean = float(task_means.mean())
+    values = diffs[finite]
+    if values.size == 1 or np.ptp(values) == 0.0:
+        return Interval(mean=mean, low=mean, high=mean, method="point")
+    # Each task's finite differences, left-aligned and padded, so seeds are drawn by position.
+    n_tasks, width = diffs.shape[0], int(counts.max())
+    packed = np.zeros((n_tasks, width))
+    for row in range(n_tasks):
+        packed[row, : counts[row]] = diffs[row, finite[row]]
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // max(n_tasks * width, 1))
+    for begin in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - begin)
+        tasks = rng.integers(0, n_tasks, size=(size, n_tasks))
+        # A uniform position among each drawn task's own seeds, `width` draws per task; only
+        # the first `count` of them are averaged, so a task with fewer seeds draws fewer.
+        positions = np.floor(rng.random((size, n_tasks, width))
+                             * counts[tasks][..., None]).astype(int)
+        drawn = packed[tasks[..., None], positions]
+        used = np.arange(width)[None, None, :] < counts[tasks][..., None]
+        per_task = (drawn * used).sum(axis=2) / counts[tasks]
+        means[begin : begin + size] = per_task.mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(mean=mean, low=float(low), high=float(high), method="hierarchical")
+
+
 def paired_comparison(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
@@ -194,11 +309,13 @@ def paired_comparison(
 
     Args:
         a: Condition A's test scores, aligned with ``b``: either one value per task (shape
-            ``(n_tasks,)``, e.g. the mean MCC over seeds) or one value per task and replicate
-            (shape ``(n_tasks, n_replicates)``; replicate i must use the same seed in A and B).
-            Must be finite.
+            ``(n_tasks,)``, e.g. the mean MCC over seeds; must be finite) or one value per task
+            and replicate (shape ``(n_tasks, n_replicates)``; replicate i must use the same seed
+            in A and B). In the 2-D form NaN marks a missing replicate (an infrastructure
+            failure, never scored): that pair is left out of its task only, and a task with no
+            pair left is left out. A model failure is not missing: score it (e.g. MCC 0) first.
         b: Condition B's scores, same shape as ``a``.
-        confidence: Confidence level of the interval of the mean difference.
+        confidence: Nominal confidence level of the interval of the mean difference.
         n_resamples: Bootstrap resamples for that interval.
         seed: Seed of the bootstrap.
         zero_method: How the Wilcoxon test treats tasks where A and B tie exactly (passed to
@@ -211,15 +328,16 @@ def paired_comparison(
             drops ties; ``"pratt"`` ranks them, then drops their ranks.
 
     Returns:
-        A :class:`PairedResult`. Per task, the value of a condition is the mean over its
-        replicates; the difference per task is A - B. ``mean_difference`` and its bootstrap
-        interval (tasks resampled, :func:`bootstrap_ci`) summarise those differences. The p-value
-        is the two-sided Wilcoxon signed-rank test across tasks (SciPy's ``method="auto"``: exact
-        up to 50 tasks without ties, exhaustive permutations up to 13 tasks with ties, normal
-        approximation otherwise). ``prob_improvement`` is the fraction of matched
-        (task, replicate) pairs with A > B, ties counting 1/2; with per-task inputs it is the
-        fraction of tasks A wins. The p-value is unadjusted: adjust across comparisons with
-        :func:`holm_correction` or :func:`comparison_table`.
+        A :class:`PairedResult`. Per task, the value of a condition is the mean over its paired
+        replicates; the difference per task is A - B. ``mean_difference`` is their mean over
+        tasks, and its interval a hierarchical bootstrap (:func:`hierarchical_bootstrap`: tasks,
+        then seeds within each task), so one task with three seeds still gets an interval over
+        its seeds. The p-value is the two-sided Wilcoxon signed-rank test across tasks (SciPy's
+        ``method="auto"``: exact up to 50 tasks without ties, exhaustive permutations up to 13
+        tasks with ties, normal approximation otherwise); ``p_floor`` is the smallest it could
+        have been with that many tasks. ``prob_improvement`` is the fraction of matched
+        (task, replicate) pairs with A > B, ties counting 1/2. The p-value is unadjusted:
+        adjust across comparisons with :func:`comparison_table`.
     """
     from scipy import stats
 
@@ -228,31 +346,52 @@ def paired_comparison(
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"a and b must be aligned, got shapes {a_arr.shape} and {b_arr.shape}")
     if a_arr.ndim == 1:
+        if not (np.all(np.isfinite(a_arr)) and np.all(np.isfinite(b_arr))):
+            raise ValueError(
+                "a or b contains NaN or infinite values; decide how failed and collapsed runs "
+                "count (e.g. as MCC 0) before comparing"
+            )
         a_arr, b_arr = a_arr[:, None], b_arr[:, None]
     if a_arr.ndim != 2 or a_arr.size == 0:
         raise ValueError("a and b must have shape (n_tasks,) or (n_tasks, n_replicates)")
-    if not (np.all(np.isfinite(a_arr)) and np.all(np.isfinite(b_arr))):
-        raise ValueError(
-            "a or b contains NaN or infinite values; decide how collapsed runs count "
-            "(e.g. as MCC 0) before comparing"
-        )
-    n_tasks, n_replicates = a_arr.shape
-    differences = a_arr.mean(axis=1) - b_arr.mean(axis=1)
-    interval = bootstrap_ci(differences, confidence=confidence, n_resamples=n_resamples, seed=seed)
-    wins = np.where(a_arr > b_arr, 1.0, np.where(a_arr == b_arr, 0.5, 0.0))
+    if np.any(np.isinf(a_arr)) or np.any(np.isinf(b_arr)):
+        raise ValueError("a or b contains infinite values")
+    paired = np.isfinite(a_arr) & np.isfinite(b_arr)
+    dropped = int((~paired.any(axis=1)).sum())
+    keep = paired.any(axis=1)
+    if not keep.any():
+        raise ValueError("a and b share no finite (task, replicate) pair")
+    a_arr, b_arr, paired = a_arr[keep], b_arr[keep], paired[keep]
+    n_tasks = int(a_arr.shape[0])
+    n_pairs = int(paired.sum())
+    n_replicates = int(paired.sum(axis=1).max())
+    pair_diffs = np.where(paired, a_arr - b_arr, np.nan)
+    differences = np.nanmean(pair_diffs, axis=1)
+    interval = hierarchical_bootstrap(pair_diffs, confidence=confidence,
+                                      n_resamples=n_resamples, seed=seed)
+    wins = np.where(a_arr > b_arr, 1.0, np.where(a_arr == b_arr, 0.5, 0.0))[paired]
 
-    note = ""
+    notes = [f"{dropped} task(s) without a paired replicate left out"] if dropped else []
     statistic, p_value = math.nan, math.nan
     if n_tasks < 2:
-        note = "fewer than two tasks: no test"
+        notes.insert(0, "fewer than two tasks: no test")
     elif np.all(differences == 0.0):
         p_value = 1.0
-        note = "all differences are zero"
+        notes.insert(0, "all differences are zero")
     else:
         result = stats.wilcoxon(
             differences, zero_method=zero_method, alternative="two-sided", method="auto"
         )
         statistic, p_value = float(result.statistic), float(result.pvalue)
+    interval_note = ""
+    if interval.method == "point":
+        interval_note = "no spread to resample: the interval is the point itself"
+    elif n_tasks == 1:
+        interval_note = (f"one task: the interval is over its {n_replicates} seeds only and "
+                         "says nothing about other tasks")
+    elif n_tasks < MIN_RESAMPLING_UNITS:
+        interval_note = (f"only {n_tasks} tasks to resample: the interval describes their "
+                         f"spread, it is not a calibrated {confidence:.0%} interval")
     return PairedResult(
         mean_difference=interval.mean,
         ci_low=interval.low,
@@ -261,9 +400,12 @@ def paired_comparison(
         statistic=statistic,
         p_value=p_value,
         prob_improvement=float(wins.mean()),
-        n_tasks=int(n_tasks),
-        n_replicates=int(n_replicates),
-        note=note,
+        n_tasks=n_tasks,
+        n_replicates=n_replicates,
+        note="; ".join(notes),
+        n_pairs=n_pairs,
+        p_floor=min_attainable_p(n_tasks),
+        interval_note=interval_note,
     )
 
 
@@ -294,7 +436,7 @@ def holm_correction(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def comparison_table(results: Mapping[str, PairedResult], *, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per comparison, with Holm-adjusted p-values and a plain-words verdict.
+    """One row per comparison, with Holm-adjusted p-values and a verdict in plain words.
 
     Args:
         results: Comparison name (e.g. ``"DNABERT-2/BPE: pretrained vs scratch"``) -> its
@@ -302,19 +444,47 @@ def comparison_table(results: Mapping[str, PairedResult], *, alpha: float = 0.05
         alpha: Family-wise significance level.
 
     Returns:
-        A DataFrame with the fields of :class:`PairedResult` plus ``comparison``, ``p_holm``
-        and ``verdict`` (``"significant"``, ``"not significant"``, or ``"not tested"`` when the
-        p-value is NaN).
+        A DataFrame with the fields of :class:`PairedResult` plus ``comparison``, ``sample``
+        (``3 tasks x 3 seeds``), ``p_holm``, ``p_holm_floor``, ``family_size``,
+        ``tasks_needed`` and ``verdict``:
+
+        * ``"significant"``: ``p_holm <= alpha``;
+        * ``"underpowered"``: not significant, and it could not have been: even with every
+          comparison of the family at its smallest attainable p (:func:`min_attainable_p`),
+          this row's Holm-adjusted p (``p_holm_floor``, Holm being monotone in each p-value)
+          stays above ``alpha``. The effect and its interval still inform; ``tasks_needed``
+          is the fewest tasks with which a family of this size could reach ``alpha``;
+        * ``"not significant"``: it could have been, and was not;
+        * ``"not tested"``: the p-value is NaN (one task). A one-task row is also
+          underpowered: it gets ``"underpowered"``.
     """
     import pandas as pd
 
-    rows = [{"comparison": name, **asdict(result)} for name, result in results.items()]
-    table = pd.DataFrame(rows, columns=["comparison", *PairedResult.__dataclass_fields__])
-    table["p_holm"] = holm_correction(table["p_value"].to_numpy(dtype=float))
-    table["verdict"] = [
-        "not tested" if math.isnan(p) else ("significant" if p <= alpha else "not significant")
-        for p in table["p_holm"]
-    ]
+    rows = [{"comparison": name, **asdict(result), "sample": result.sample}
+            for name, result in results.items()]
+    table = pd.DataFrame(rows, columns=["comparison", *PairedResult.__dataclass_fields__,
+                                        "sample"])
+    p = table["p_value"].to_numpy(dtype=float)
+    table["p_holm"] = holm_correction(p)
+    tested = ~np.isnan(p)
+    table["p_floor"] = [min_attainable_p(int(n)) for n in table["n_tasks"]]
+    floors = np.where(tested, table["p_floor"].to_numpy(dtype=float), np.nan)
+    table["p_holm_floor"] = holm_correction(floors)
+    family = int(tested.sum())
+    table["family_size"] = family
+    table["tasks_needed"] = tasks_needed(family, alpha)
+    verdicts = []
+    for p_holm, floor, n in zip(table["p_holm"], table["p_holm_floor"], table["n_tasks"],
+                                strict=True):
+        if math.isnan(p_holm):
+            verdicts.append(UNDERPOWERED if n < 2 else "not tested")
+        elif p_holm <= alpha:
+            verdicts.append("significant")
+        elif floor > alpha:
+            verdicts.append(UNDERPOWERED)
+        else:
+            verdicts.append("not significant")
+    table["verdict"] = verdicts
     return table
 
 

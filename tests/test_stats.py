@@ -21,10 +21,13 @@ from ablate.stats import (
     comparison_table,
     expected_max_curve,
     friedman,
+    hierarchical_bootstrap,
     holm_correction,
+    min_attainable_p,
     paired_comparison,
     pareto_front,
     plot_critical_difference,
+    tasks_needed,
 )
 
 # --- bootstrap -------------------------------------------------------------------------------
@@ -282,3 +285,76 @@ def test_break_even_tasks() -> None:
     assert break_even_tasks(0.0, 10.0, 10.0) == 1
     with pytest.raises(ValueError):
         break_even_tasks(-1.0, 1.0, 2.0)
+
+
+# --- power: what a handful of tasks can and cannot tell ---------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_min_attainable_p_is_scipys_exact_p_when_every_task_agrees(n: int) -> None:
+    differences = np.arange(1.0, n + 1.0)  # every task improves
+    exact = sps.wilcoxon(differences, method="exact").pvalue
+    assert min_attainable_p(n) == pytest.approx(exact)
+    assert min_attainable_p(3) == 0.25 and min_attainable_p(1) == 1.0
+
+
+def test_five_tasks_that_all_improve_are_underpowered_not_insignificant() -> None:
+    b = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    result = paired_comparison(b + 0.1, b, n_resamples=500)
+    assert result.p_value == pytest.approx(0.0625) and result.p_floor == pytest.approx(0.0625)
+    table = comparison_table({"all improve": result})
+    row = table.iloc[0]
+    assert row["verdict"] == "underpowered"
+    assert row["tasks_needed"] == 6  # 2 / 2**6 = 0.03125 <= 0.05
+    # Seven tasks that all improve can reach 0.05 alone, and do.
+    seven = paired_comparison(np.arange(7) + 1.0, np.arange(7.0), n_resamples=500)
+    assert comparison_table({"seven": seven}).iloc[0]["verdict"] == "significant"
+
+
+def test_holm_floor_is_the_family_size_times_the_raw_floor() -> None:
+    # gue_short's shape: 20 comparisons over 3 tasks; a 4-task one that could reach 0.05 alone
+    # cannot within a family of 20.
+    three = PairedResult(-0.36, -0.66, -0.19, 0.95, 0.0, 0.25, 0.0, 3, 3)
+    table = comparison_table({f"c{i}": three for i in range(20)})
+    assert table["p_holm_floor"].iloc[0] == pytest.approx(1.0)  # 20 x 0.25, capped
+    assert set(table["verdict"]) == {"underpowered"}
+    assert table["tasks_needed"].iloc[0] == tasks_needed(20) == 10  # 20 x 2/2**10 <= 0.05
+    six = PairedResult(0.2, 0.1, 0.3, 0.95, 0.0, 1 / 32, 1.0, 6, 3)
+    pair = comparison_table({"a": six, "b": six})
+    np.testing.assert_allclose(pair["p_holm_floor"], [2 / 32, 2 / 32])
+    assert set(pair["verdict"]) == {"underpowered"}  # 0.0625 > 0.05 even at the floor
+
+
+def test_one_task_interval_uses_its_seeds() -> None:
+    # replicate differences +0.1, -0.3, +0.4 on one task: the interval spans them, not a point
+    a = np.array([[0.6, 0.2, 0.9]])
+    b = np.array([[0.5, 0.5, 0.5]])
+    result = paired_comparison(a, b, n_resamples=4000)
+    assert result.mean_difference == pytest.approx(0.2 / 3)
+    assert result.ci_low < 0.0 < result.ci_high
+    assert result.ci_low >= -0.3 - 1e-12 and result.ci_high <= 0.4 + 1e-12
+    assert result.sample == "1 task x 3 seeds" and "seeds only" in result.interval_note
+    assert comparison_table({"one": result}).iloc[0]["verdict"] == "underpowered"
+
+
+def test_hierarchical_bootstrap_resamples_tasks_then_seeds() -> None:
+    diffs = np.array([[0.1, 0.1, 0.1], [0.3, 0.3, 0.3]])
+    interval = hierarchical_bootstrap(diffs, n_resamples=2000)
+    assert interval.mean == pytest.approx(0.2)
+    assert interval.low == pytest.approx(0.1) and interval.high == pytest.approx(0.3)
+    # A missing pair (NaN) leaves that seed out of its task only.
+    ragged = hierarchical_bootstrap(np.array([[0.1, np.nan], [0.3, 0.5]]), n_resamples=2000)
+    assert ragged.mean == pytest.approx((0.1 + 0.4) / 2)
+    assert 0.1 - 1e-12 <= ragged.low < ragged.high <= 0.5 + 1e-12
+    with pytest.raises(ValueError, match="finite"):
+        hierarchical_bootstrap(np.array([[np.nan, np.nan], [0.1, 0.2]]))
+
+
+def test_missing_replicates_drop_a_pair_not_the_task() -> None:
+    a = np.array([[0.7, np.nan, 0.7], [0.6, 0.6, 0.6], [0.5, 0.5, 0.5]])
+    b = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    result = paired_comparison(a, b, n_resamples=500)
+    assert (result.n_tasks, result.n_pairs) == (3, 8)
+    assert result.mean_difference == pytest.approx((0.2 + 0.1 + 0.0) / 3)
+    assert result.sample == "3 tasks x up to 3 seeds (8 pairs)"
+    assert "not a calibrated 95%" in result.interval_note

@@ -17,9 +17,7 @@ from ablate.analysis.columns import (
     STAT_COLUMNS,
     family_of,
 )
-from ablate.analysis.tables import (
-    _usable,
-)
+from ablate.analysis.tables import scored_replicates
 from ablate.tracking.schema import (
     Family,
 )
@@ -84,23 +82,87 @@ def _arm(rows: pd.DataFrame, tasks: pd.Index, seeds: pd.Index) -> pd.DataFrame:
     return rows[rows["task"].isin(tasks) & rows["seed"].isin(seeds)]
 
 
-def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+REFUSED = "refused"  # the verdict of a comparison every task of which was refused
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two (task x seed) score tables on their common tasks and seeds, keeping every task
+    with at least one seed scored in both (a missing replicate drops its pair, not its task)."""
+    tasks = a.index.intersection(b.index)
+    seeds = a.columns.intersection(b.columns)
+    a, b = a.loc[tasks, seeds], b.loc[tasks, seeds]
+    both = a.notna() & b.notna()
+    keep = both.any(axis=1).to_numpy()
+    seeds_used = both.any(axis=0).to_numpy()
+    return a.loc[keep, seeds_used], b.loc[keep, seeds_used]
+
+
+def _refusals(cells_of: Mapping[str, str], other: Mapping[str, str],
+              refused: Mapping[str, str]) -> dict[str, str]:
+    """Task -> why it is refused, where either arm's cell of that task is refused."""
+    out = {}
+    for task in sorted(set(cells_of) | set(other)):
+        reasons = [f"{c} ({refused[c]})" for c in (cells_of.get(task), other.get(task))
+                   if c in refused]
+        if reasons:
+            out[task] = "; ".join(reasons)
+    return out
+
+
+def _refused_row(name: str, reasons: Mapping[str, str]) -> dict[str, Any]:
+    return {"comparison": name, "verdict": REFUSED, "n_tasks": 0,
+            "refused": " | ".join(f"{t}: {r}" for t, r in reasons.items())}
+
+
+def _finish(meta: list[dict], results: dict, refused_rows: list[dict], columns: list[str],
+            alpha: float) -> pd.DataFrame:
+    from ablate.stats import comparison_table
+
+    frames = []
+    if results:
+        frames.append(pd.DataFrame([m for m in meta if m["comparison"] in results]).merge(
+            comparison_table(results, alpha=alpha), on="comparison"))
+    if refused_rows:
+        shown = {r["comparison"]: r for r in refused_rows}
+        frames.append(pd.DataFrame([{**m, **shown[m["comparison"]]} for m in meta
+                                    if m["comparison"] in shown]))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if "refused" not in out:
+        out["refused"] = ""
+    out["refused"] = out["refused"].fillna("")
+    return out
+
+
+def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05,
+                refused: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Paired comparisons along each axis, the other two axes held fixed, across tasks.
 
     Each comparison pairs the two conditions task by task and replicate by replicate (the same
-    seeds) on the task's score; collapsed replicates count with their (near-zero) score, failed
-    ones are left out of that pair. Wilcoxon signed-rank across tasks, Holm over every
-    comparison of the report. Each row also gives both arms' parameter counts (median over the
-    compared runs), their ratio, ``size_mismatch`` when they differ by more than
-    ``SIZE_MISMATCH``, whether an arm is ablate's own extension (a convolutional model with a
-    non-char tokenizer) and ``exposure_unknown`` when an arm is an external checkpoint's
-    pretrained cell.
-    """
-    from ablate.stats import comparison_table, paired_comparison
+    seeds) on the task's score (:func:`scored_replicates`: a model failure counts as 0 against
+    its arm, a collapsed replicate with its near-zero score; an infrastructure failure drops
+    that seed's pair, never the task). Wilcoxon signed-rank across tasks, a hierarchical
+    bootstrap interval over tasks and seeds (``sample`` says how many), Holm over every
+    comparison of the report; ``verdict`` says "underpowered" where the tasks are too few for
+    any result to reach ``alpha`` (see ``stats.comparison_table``).
 
-    usable = _usable(reps)
+    ``refused`` (cell -> reason, from :func:`refused_cells`) names cells no comparison may
+    use: an unfinished sweep, or a budget unlike the others'. Their tasks are left out of each
+    comparison that involves them and listed in its ``refused`` column; a comparison left with
+    no task is kept as a row with verdict "refused" and no statistics.
+
+    Each row also gives both arms' parameter counts (median over the compared runs), their
+    ratio, ``size_mismatch`` when they differ by more than ``SIZE_MISMATCH``, whether an arm
+    is ablate's own extension (a convolutional model with a non-char tokenizer) and
+    ``exposure_unknown`` when an arm is an external checkpoint's pretrained cell.
+    """
+    from ablate.stats import paired_comparison
+
+    refused = refused or {}
+    usable = scored_replicates(reps)
     families = dict(zip(usable["architecture"], usable["family"], strict=True))
-    results, meta = {}, []
+    results, meta, refused_rows = {}, [], []
     for axis in AXES:
         others = [a for a in AXES if a != axis]
         for fixed, group in usable.groupby(others, sort=True):
@@ -108,27 +170,30 @@ def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05) -> pd
             for treatment, baseline in _comparison_pairs(values, axis, families):
                 mine = group[group[axis] == treatment]
                 theirs = group[group[axis] == baseline]
-                a = mine.pivot_table(index="task", columns="seed", values="test_score")
-                b = theirs.pivot_table(index="task", columns="seed", values="test_score")
-                tasks = a.index.intersection(b.index)
-                seeds = a.columns.intersection(b.columns)
-                a, b = a.loc[tasks, seeds], b.loc[tasks, seeds]
-                keep = a.notna().all(axis=1) & b.notna().all(axis=1)
-                if keep.sum() == 0 or len(seeds) == 0:
-                    continue
                 fixed_text = ", ".join(f"{k}={v}" for k, v in zip(others, fixed, strict=True))
                 name = f"{axis}: {treatment} vs {baseline} ({fixed_text})"
-                results[name] = paired_comparison(a[keep].to_numpy(), b[keep].to_numpy(),
-                                                  seed=seed)
-                kept = tasks[keep.to_numpy()]
-                meta.append({"comparison": name, "axis": axis, "treatment": treatment,
-                             "baseline": baseline, **dict(zip(others, fixed, strict=True)),
-                             **_size_columns(_arm(mine, kept, seeds), _arm(theirs, kept, seeds))})
-    if not results:
-        return pd.DataFrame(columns=["comparison", "axis", "treatment", "baseline",
-                                     *STAT_COLUMNS, *SIZE_COLUMNS])
-    table = comparison_table(results, alpha=alpha)
-    return pd.DataFrame(meta).merge(table, on="comparison")
+                reasons = _refusals(dict(zip(mine["task"], mine["cell"], strict=True)),
+                                    dict(zip(theirs["task"], theirs["cell"], strict=True)),
+                                    refused)
+                mine = mine[~mine["task"].isin(reasons)]
+                theirs = theirs[~theirs["task"].isin(reasons)]
+                a, b = _paired(
+                    mine.pivot_table(index="task", columns="seed", values="test_score"),
+                    theirs.pivot_table(index="task", columns="seed", values="test_score"))
+                row = {"comparison": name, "axis": axis, "treatment": treatment,
+                       "baseline": baseline, **dict(zip(others, fixed, strict=True)),
+                       "refused": " | ".join(f"{t}: {r}" for t, r in reasons.items())}
+                if a.empty:
+                    if reasons:
+                        meta.append(row)
+                        refused_rows.append(_refused_row(name, reasons))
+                    continue
+                results[name] = paired_comparison(a.to_numpy(), b.to_numpy(), seed=seed)
+                meta.append({**row, **_size_columns(_arm(mine, a.index, a.columns),
+                                                    _arm(theirs, a.index, a.columns))})
+    return _finish(meta, results, refused_rows,
+                   ["comparison", "axis", "treatment", "baseline", *STAT_COLUMNS,
+                    *SIZE_COLUMNS, "refused"], alpha)
 
 
 # --- contrasts across axes -------------------------------------------------------------------
@@ -225,7 +290,7 @@ def contrast_tasks(reps: pd.DataFrame, cell_table: pd.DataFrame,
     """:func:`contrast_pairs` with each pair's test scores: the mean over the seeds both cells
     have a usable replicate for, and their difference (treatment - control)."""
     pairs = contrast_pairs(reps, cell_table, patterns)
-    usable = _usable(reps)
+    usable = scored_replicates(reps)
     by_cell = {cell: group.set_index("seed")["test_score"]
                for cell, group in usable.groupby("cell")}
     empty = pd.Series(dtype=float)
@@ -244,51 +309,60 @@ def contrast_tasks(reps: pd.DataFrame, cell_table: pd.DataFrame,
 
 
 def contrasts(reps: pd.DataFrame, cell_table: pd.DataFrame, patterns: Sequence[Contrast], *,
-              seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+              seed: int = 0, alpha: float = 0.05,
+              refused: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Paired tests between cell patterns that may vary several axes at once.
 
     Per task, each treatment cell is set against the control side (:func:`contrast_pairs`),
     replicate by replicate (the same seeds); across tasks the statistics are those of
-    :func:`comparisons` (Wilcoxon over tasks, bootstrap interval, Holm over every row of this
-    table, one family). One row per contrast, treatment condition and control (``best by dev``
-    or each control condition), with both arms' parameter counts and flags as in comparisons;
-    ``control_cells`` names the control chosen on each task.
+    :func:`comparisons` (Wilcoxon over tasks, hierarchical bootstrap interval, Holm over every
+    row of this table, one family, "underpowered" where it is). One row per contrast,
+    treatment condition and control (``best by dev`` or each control condition), with both
+    arms' parameter counts and flags as in comparisons; ``control_cells`` names the control
+    chosen on each task. ``refused`` cells are left out as in :func:`comparisons`.
     """
-    from ablate.stats import comparison_table, paired_comparison
+    from ablate.stats import paired_comparison
 
+    refused = refused or {}
     columns = ["comparison", "contrast", "treatment", "control", "control_cells", *STAT_COLUMNS,
-               *SIZE_COLUMNS]
+               *SIZE_COLUMNS, "refused"]
     pairs = contrast_pairs(reps, cell_table, patterns)
-    usable = _usable(reps)
+    usable = scored_replicates(reps)
     if pairs.empty or usable.empty:
         return pd.DataFrame(columns=columns)
     scores = usable.pivot_table(index="cell", columns="seed", values="test_score")
-    results, meta = {}, []
+    results, meta, refused_rows = {}, [], []
     for (name, treatment, control), group in pairs.groupby(
             ["contrast", "treatment", "control"], sort=False):
-        group = group[group["treatment_cell"].isin(scores.index)
-                      & group["control_cell"].isin(scores.index)]
-        if group.empty:
-            continue
-        a = scores.loc[group["treatment_cell"]].set_axis(group["task"], axis=0)
-        b = scores.loc[group["control_cell"]].set_axis(group["task"], axis=0)
-        seeds = a.columns[(a.notna().any(axis=0) & b.notna().any(axis=0)).to_numpy()]
-        a, b = a[seeds], b[seeds]
-        keep = (a.notna().all(axis=1) & b.notna().all(axis=1)).to_numpy()
-        if keep.sum() == 0 or len(seeds) == 0:
-            continue
         key = f"{name}: {treatment} vs {control}"
-        results[key] = paired_comparison(a[keep].to_numpy(), b[keep].to_numpy(), seed=seed)
+        bad = group["treatment_cell"].isin(refused) | group["control_cell"].isin(refused)
+        reasons = {task: "; ".join(f"{c} ({refused[c]})" for c in (t, c_) if c in refused)
+                   for task, t, c_ in zip(group.loc[bad, "task"], group.loc[bad,
+                                          "treatment_cell"], group.loc[bad, "control_cell"],
+                                          strict=True)}
+        group = group[~bad & group["treatment_cell"].isin(scores.index)
+                      & group["control_cell"].isin(scores.index)]
+        row = {"comparison": key, "contrast": name, "treatment": treatment, "control": control,
+               "refused": " | ".join(f"{t}: {r}" for t, r in reasons.items())}
+        a = scores.loc[group["treatment_cell"]].set_axis(list(group["task"]), axis=0)
+        b = scores.loc[group["control_cell"]].set_axis(list(group["task"]), axis=0)
+        both = a.notna().to_numpy() & b.notna().to_numpy()
+        keep, seeds = both.any(axis=1), both.any(axis=0)
+        if group.empty or not keep.any():
+            if reasons:
+                meta.append({**row, "control_cells": ""})
+                refused_rows.append(_refused_row(key, reasons))
+            continue
+        a, b = a.loc[keep, seeds], b.loc[keep, seeds]
+        results[key] = paired_comparison(a.to_numpy(), b.to_numpy(), seed=seed)
         kept = group[keep]
-        mine = usable[usable["cell"].isin(kept["treatment_cell"]) & usable["seed"].isin(seeds)]
-        theirs = usable[usable["cell"].isin(kept["control_cell"]) & usable["seed"].isin(seeds)]
+        used = a.columns
+        mine = usable[usable["cell"].isin(kept["treatment_cell"]) & usable["seed"].isin(used)]
+        theirs = usable[usable["cell"].isin(kept["control_cell"]) & usable["seed"].isin(used)]
         chosen = "; ".join(f"{task}: {cell}" for task, cell in
                            zip(kept["task"], kept["control_cell"], strict=True))
-        meta.append({"comparison": key, "contrast": name, "treatment": treatment,
-                     "control": control, "control_cells": chosen,
-                     **_size_columns(mine, theirs)})
-    if not results:
-        return pd.DataFrame(columns=columns)
-    table = comparison_table(results, alpha=alpha)
-    return pd.DataFrame(meta).merge(table, on="comparison")[
-        [*columns, "n_replicates", "note"]]
+        meta.append({**row, "control_cells": chosen, **_size_columns(mine, theirs)})
+    out = _finish(meta, results, refused_rows, columns, alpha)
+    extra = [c for c in ("n_replicates", "note", "sample", "p_floor", "p_holm_floor",
+                         "family_size", "tasks_needed", "interval_note", "n_pairs") if c in out]
+    return out[[*columns, *extra]] if len(out) else out

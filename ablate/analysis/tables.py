@@ -144,18 +144,37 @@ def edge_flags(best_params: Mapping[str, Any], search_space: str | Mapping[str, 
     return flags
 
 
+RUNNING = "running"  # a trial run with no outcome yet: the sweep has not finished
+
+
 def cells(trial_runs: pd.DataFrame, replicate_runs: pd.DataFrame | None = None, *,
-          cell_runs: pd.DataFrame | None = None) -> pd.DataFrame:
+          cell_runs: pd.DataFrame | None = None,
+          trials_per_cell: int | None = None) -> pd.DataFrame:
     """The budget table: one row per cell with its trials' outcomes, best dev score and cost.
 
-    ``best_dev_score`` is in the task's ``metric``; ``best_dev_mcc`` is the best trial's MCC.
-    With ``cell_runs`` (the sweep's cell runs, or all its runs) ``at_edge`` lists the best
-    configuration's hyperparameters at an edge of the cell's search ranges (:func:`edge_flags`).
+    The best configuration is chosen among the cell's *completed* trials only (a pruned trial
+    was stopped early, at a lower fidelity; the replicates re-train a completed one), so
+    ``best_params`` are the hyperparameters its replicates re-trained. ``best_dev_score`` is
+    in the task's ``metric``; ``best_dev_mcc`` is the best trial's MCC.
+
+    ``budget_trials`` counts the trials that count against the cell's budget: completed,
+    pruned and model-failed ones (a model failure is the model's own), never an
+    infrastructure failure (its slot is re-issued) nor a trial still running. ``finished`` is
+    False while trials run or, with ``trials_per_cell``, before that many counted.
+
+    With ``replicate_runs``: the replicates' mean test score, with model failures counted as
+    score 0 (:func:`scored_replicates`), its bootstrap interval over the replicates
+    (``test_ci_low``/``test_ci_high``, ``test_n`` replicates), ``selection_gap`` (the selected
+    configuration's dev score minus that mean test score: what selecting on a small dev set
+    costs), and the replicates' failures by kind. With ``cell_runs`` (the sweep's cell runs, or
+    all its runs) ``at_edge`` lists the best configuration's hyperparameters at an edge of the
+    cell's search ranges (:func:`edge_flags`).
     """
     columns = ["cell", *CELL_COLUMNS, "family", "metric", "extension", "external_checkpoint",
-               "trials", "completed", "pruned", "failed", "max_epochs", "best_dev_score",
-               "best_dev_mcc", "best_trial", "best_params", "n_params", "wall_seconds",
-               "flops", "device_hours", "at_edge"]
+               "trials", "budget_trials", "completed", "pruned", "model_failed", "failed",
+               "running", "finished", "max_epochs", "best_dev_score", "best_dev_mcc",
+               "best_trial", "best_params", "n_params", "wall_seconds", "flops",
+               "device_hours", "at_edge"]
     if trial_runs.empty:
         return pd.DataFrame(columns=columns)
     param_cols = [c for c in trial_runs.columns if c.startswith(param_column(""))]
@@ -164,12 +183,18 @@ def cells(trial_runs: pd.DataFrame, replicate_runs: pd.DataFrame | None = None, 
     spaces = search_spaces(cell_runs)
     rows = []
     for cell, group in trial_runs.groupby(CELL, sort=True):
-        outcome = _column(group, OUTCOME, "running").fillna("running")
-        scores = score.loc[group.index]
+        outcome = _column(group, OUTCOME, RUNNING).fillna(RUNNING)
+        completed = outcome == Outcome.COMPLETED
+        scores = score.loc[group.index].where(completed)
         best = group.loc[scores.idxmax()] if scores.notna().any() else None
         first = described.loc[group.index[0]]
         params = ({c.removeprefix(param_column("")): best[c] for c in param_cols
                    if pd.notna(best[c])} if best is not None else {})
+        counts = {name: int((outcome == value).sum()) for name, value in (
+            ("completed", Outcome.COMPLETED), ("pruned", Outcome.PRUNED),
+            ("model_failed", Outcome.MODEL_FAILED), ("failed", Outcome.FAILED),
+            ("running", RUNNING))}
+        budget_trials = counts["completed"] + counts["pruned"] + counts["model_failed"]
         rows.append({
             "cell": cell,
             **_cell_values(group),
@@ -178,9 +203,10 @@ def cells(trial_runs: pd.DataFrame, replicate_runs: pd.DataFrame | None = None, 
             "extension": bool(first["extension"]),
             "external_checkpoint": first["external_checkpoint"],
             "trials": len(group),
-            "completed": int((outcome == Outcome.COMPLETED).sum()),
-            "pruned": int((outcome == Outcome.PRUNED).sum()),
-            "failed": int((outcome == Outcome.FAILED).sum()),
+            "budget_trials": budget_trials,
+            **counts,
+            "finished": counts["running"] == 0 and (trials_per_cell is None
+                                                    or budget_trials >= trials_per_cell),
             "max_epochs": int(pd.to_numeric(_column(group, param_column("max_epochs")),
                                              errors="coerce").max()),
             "best_dev_score": float(scores.max()) if best is not None else np.nan,
@@ -196,16 +222,37 @@ def cells(trial_runs: pd.DataFrame, replicate_runs: pd.DataFrame | None = None, 
     table = pd.DataFrame(rows, columns=columns)
     if replicate_runs is not None and not replicate_runs.empty:
         reps = replicates(replicate_runs)
-        summary = reps.groupby("cell").agg(
-            replicates=("seed", "size"),
-            collapsed=("collapsed", "sum"),
-            replicate_failures=("failed", "sum"),
-            test_score=("test_score", "mean"),
-            test_mcc=("test_mcc", "mean"),
-            replicate_device_hours=("device_hours", "sum"),
-        )
-        table = table.merge(summary, left_on="cell", right_index=True, how="left")
+        if len(reps):
+            summary = replicate_summary(reps)
+            table = table.merge(summary, left_on="cell", right_index=True, how="left")
+            table["selection_gap"] = table["best_dev_score"] - table["test_score"]
     return table
+
+
+def replicate_summary(reps: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Per cell (the index): its replicates, their failures by kind, and the mean test score
+    (model failures counted as 0) with a bootstrap interval over the replicates."""
+    from ablate.stats import bootstrap_ci
+
+    scored = scored_replicates(reps)
+    rows = {}
+    for cell, group in reps.groupby("cell", sort=True):
+        values = scored.loc[scored["cell"] == cell, "test_score"].dropna().to_numpy()
+        interval = bootstrap_ci(values, seed=seed) if len(values) else None
+        rows[cell] = {
+            "replicates": len(group),
+            "collapsed": int(group["collapsed"].sum()),
+            "replicate_model_failures": int(group["model_failed"].sum()),
+            "replicate_failures": int(group["failed"].sum()),
+            "test_score": interval.mean if interval else np.nan,
+            "test_ci_low": interval.low if interval else np.nan,
+            "test_ci_high": interval.high if interval else np.nan,
+            "test_n": len(values),
+            "test_mcc": float(group["test_mcc"].mean()),
+            "replicate_dev_score": float(group["dev_score"].mean()),
+            "replicate_device_hours": float(group["device_hours"].sum()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def search_spaces(cell_runs: pd.DataFrame | None) -> dict[str, str]:
@@ -217,26 +264,64 @@ def search_spaces(cell_runs: pd.DataFrame | None) -> dict[str, str]:
     return {c: s for c, s in zip(_text(own, CELL), spaces, strict=True) if s}
 
 
-def budget_parity(cell_table: pd.DataFrame) -> dict[str, bool]:
-    """Per cell: whether its budget (trials run, max epochs) equals the study's most common."""
+def budget_parity(cell_table: pd.DataFrame, *,
+                  trials_per_cell: int | None = None) -> dict[str, bool]:
+    """Per cell: whether its budget equals what its comparisons assume.
+
+    A cell's budget is the trials that counted against it (``budget_trials``: infrastructure
+    failures re-issued, trials still running not yet counted) and its maximum epochs. Trials
+    must equal ``trials_per_cell`` (the spec's), or without it the study's most common count;
+    maximum epochs must equal the most common among the cells of the same task (a study may
+    give tasks different epoch budgets, never the cells of one task)."""
     if cell_table.empty:
         return {}
-    budget = list(zip(cell_table["trials"], cell_table["max_epochs"], strict=True))
-    common = max(set(budget), key=budget.count)
-    return {cell: b == common for cell, b in zip(cell_table["cell"], budget, strict=True)}
+    counted = (cell_table["budget_trials"] if "budget_trials" in cell_table
+               else cell_table["trials"]).tolist()
+    target = trials_per_cell if trials_per_cell is not None else max(set(counted),
+                                                                     key=counted.count)
+    epochs_of = {}
+    for task, group in cell_table.groupby("task"):
+        epochs = group["max_epochs"].tolist()
+        epochs_of[task] = max(set(epochs), key=epochs.count)
+    return {row.cell: n == target and row.max_epochs == epochs_of[row.task]
+            for row, n in zip(cell_table.itertuples(), counted, strict=True)}
+
+
+def refused_cells(cell_table: pd.DataFrame, *,
+                  trials_per_cell: int | None = None) -> dict[str, str]:
+    """Cells no comparison may use, with the reason: an unfinished sweep (trials still
+    running, or fewer counted than the budget) or a budget unlike the others'."""
+    if cell_table.empty:
+        return {}
+    parity = budget_parity(cell_table, trials_per_cell=trials_per_cell)
+    out = {}
+    for row in cell_table.itertuples():
+        counted = getattr(row, "budget_trials", row.trials)
+        if getattr(row, "running", 0):
+            out[row.cell] = f"unfinished: {row.running} trial(s) still running"
+        elif trials_per_cell is not None and counted < trials_per_cell:
+            out[row.cell] = f"unfinished: {counted} of {trials_per_cell} trials"
+        elif not parity.get(row.cell, True):
+            out[row.cell] = (f"budget differs: {counted} trials x {row.max_epochs} epochs")
+    return out
 
 
 def replicates(study_runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per replicate (test) run: its cell, seed, test score and whether it collapsed.
+    """One row per replicate (test) run: its cell, seed, test score and how it ended.
 
     ``seed`` is the replicate's seed (``Tag.REPLICATE_SEED``), the one paired comparisons
     match on; ``test_score``/``dev_score`` are in the task's ``metric``; ``n_params`` is the
-    model's parameter count.
+    model's parameter count. ``model_failed`` marks a replicate the model itself failed (a NaN
+    loss, out of memory at its own batch; ``failure`` says which): it counts against its arm
+    (:func:`scored_replicates`). ``failed`` marks an infrastructure failure after its retries
+    (and, for runs written before schema 4, any failure): never scored. ``collapsed`` marks a
+    finished replicate whose test MCC fell below ``COLLAPSE_MCC``.
     """
     reps = study_runs[(_column(study_runs, STAGE) == Stage.REPLICATE)
                       & (_column(study_runs, OUTCOME) != Outcome.LOST)]
     test_score, metric = _score(reps, TEST_SCORE, TEST_MCC)
     dev_score, _ = _score(reps, BEST_DEV_SCORE, BEST_DEV_MCC)
+    outcome = _column(reps, OUTCOME)
     frame = pd.DataFrame({
         "cell": _text(reps, CELL),
         **{col: _text(reps, tag_column(tag)) for col, tag in CELL_TAGS.items()},
@@ -250,18 +335,31 @@ def replicates(study_runs: pd.DataFrame) -> pd.DataFrame:
         "n_params": _numeric(reps, N_PARAMS),
         "device_hours": _numeric(reps, DEVICE_HOURS),
         "flops": _numeric(reps, FLOPS),
-        "failed": _column(reps, OUTCOME) == Outcome.FAILED,
+        "failed": outcome == Outcome.FAILED,
+        "model_failed": outcome == Outcome.MODEL_FAILED,
+        "failure": _text(reps, tag_column(Tag.FAILURE)),
     }, index=reps.index)
     collapse = frame["test_mcc"].where(frame["test_mcc"].notna(), frame["test_score"])
-    frame["collapsed"] = ~frame["failed"] & ~(collapse >= COLLAPSE_MCC)
+    frame["collapsed"] = ~frame["failed"] & ~frame["model_failed"] & ~(collapse >= COLLAPSE_MCC)
     return frame.reset_index(drop=True)
 
 
-def _usable(reps: pd.DataFrame) -> pd.DataFrame:
-    """Replicates that count in a paired test: not failed, with a test score (a collapsed one
-    counts with its near-zero score)."""
-    return reps[~reps["failed"].astype(bool) & reps["test_score"].notna()]
+MODEL_FAILURE_SCORE = 0.0  # what a model-failed replicate scores: MCC 0 is chance
 
+
+def scored_replicates(reps: pd.DataFrame) -> pd.DataFrame:
+    """The replicates that count, with the score they count with.
+
+    A model failure counts against its arm with score ``MODEL_FAILURE_SCORE`` (0: chance for
+    MCC, below any real predictor for macro F1), so an unstable model cannot win by failing
+    on its hard tasks. An infrastructure failure is left out (the pair of that seed, not the
+    task, drops out of a paired comparison), and so is a replicate with no test score yet. A
+    collapsed replicate counts with its own near-zero score.
+    """
+    out = reps[~reps["failed"].astype(bool)].copy()
+    model_failed = out["model_failed"].astype(bool) if "model_failed" in out else False
+    out["test_score"] = out["test_score"].where(~model_failed, MODEL_FAILURE_SCORE)
+    return out[out["test_score"].notna()]
 
 
 # --- the floor, the caveats and the pretraining corpora --------------------------------------
