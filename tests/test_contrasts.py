@@ -231,6 +231,16 @@ def test_report_states_the_headline_first_with_sizes_floor_edges_and_exposure(tm
     sentence = next(line for line in report.headline if line.startswith("- "))
     assert "117M vs 1.7M parameters" in sentence and "‡" in sentence
     assert EXPOSURE_TEXT in sentence
+    # Two tasks cannot give p below 0.5: the sentence says underpowered, with n beside the
+    # interval, never a bare "not significant" or "95%".
+    assert "**underpowered**: 2 tasks, smallest attainable p = 0.5" in sentence
+    assert "over 2 tasks x 2 seeds" in sentence and "not a calibrated 95%" in sentence
+    assert row.verdict == "underpowered" and row.sample == "2 tasks x 2 seeds"
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv").set_index("cell")
+    tf = cells.loc["convnova|none|char|tf/0"]
+    assert tf.test_n == 2 and tf.test_ci_low <= tf.test_score <= tf.test_ci_high
+    assert tf.selection_gap == pytest.approx(tf.best_dev_score - tf.test_score)
+    assert markdown.index("## Budget parity") < headline
     assert "## Contrast: BPE ConvNova vs char ConvNova" in markdown
     # The pretraining comparison pairs the checkpoint with its own random-init twin.
     comps = report.comparisons
