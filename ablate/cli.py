@@ -300,7 +300,8 @@ def report(
     out_dir = out or Path("reports") / spec.name
     result = write_report(uri, spec.name, out_dir, contrasts=spec.contrasts,
                           trials_per_cell=spec.budget.trials_per_cell,
-                          replicates_per_cell=len(spec.replicates))
+                          replicates_per_cell=len(spec.replicates),
+                          prices=dict(spec.prices))
     table = Table(title=f"study {spec.name} (sweep {result.sweep})")
     for column in ("task", "architecture", "pretraining", "tokenizer"):
         table.add_column(column)

@@ -25,7 +25,12 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import analysis
-from ablate.plots import plot_cost_benefit, plot_cost_vs_mcc, plot_tuning_curves
+from ablate.plots import (
+    plot_compute_curves,
+    plot_cost_benefit,
+    plot_cost_vs_mcc,
+    plot_tuning_curves,
+)
 from ablate.spec import HEADLINE_CONTRAST, Contrast
 from ablate.tracking.schema import Tag, tag_column
 
@@ -398,6 +403,69 @@ def _selection_section(table: pd.DataFrame) -> _Section:
     return section
 
 
+COST_UNITS = ("price", "flops", "cpu_core_hours", "gpu_hours")
+
+
+def _cost_section(benefit: pd.DataFrame, prices: dict[str, float] | None) -> _Section:
+    """Cost-benefit with one unit per column: money, FLOPs, CPU core-hours, GPU-hours."""
+    section = _Section("Cost-benefit")
+    if benefit.empty:
+        section.lines = ["No runs with costs yet."]
+        return section
+    table = (", ".join(f"{k}: {v:g}/h" for k, v in prices.items()) if prices
+             else "none given")
+    section.lines = [
+        "Test score against cost per cell: its search trials, its replicates and its share of "
+        "pretraining under each rule (none, per-task: divided among the tasks using the "
+        "checkpoint, full). Each column holds one unit: money (each run's own price, else its "
+        "device-hours at the spec's price for its device, matched by name, then by kind), "
+        "FLOPs, CPU core-hours and GPU-hours, never added together. The Pareto front of each "
+        f"task and rule is taken on money where every point is priced, else on FLOPs. Prices: "
+        f"{table}."]
+    unpriced = sorted({u for u in benefit["unpriced"] if isinstance(u, str) and u})
+    if unpriced:
+        section.lines.append(f"**Unpriced** (money left blank, not counted as 0): "
+                             f"{'; '.join(unpriced)}.")
+    assumed = sorted({u for u in benefit.get("assumed_device_type", []) if
+                      isinstance(u, str) and u})
+    if assumed:
+        section.lines.append(f"Device kind assumed: {'; '.join(assumed)}.")
+    shown = ["cell", "rule", "metric", "test_score", *COST_UNITS, "pareto", "pareto_axis"]
+    section.tables = [benefit[[c for c in shown if c in benefit]]]
+    return section
+
+
+def _break_even_section(even: pd.DataFrame) -> _Section:
+    section = _Section("Break-even of pretraining")
+    section.lines = [
+        "Per pretrained cell: the tasks that must share its pretraining before pretraining plus "
+        "the pretrained search costs no more than what the from-scratch search spent to reach "
+        "the same dev score, in money and in FLOPs (device-hours of different kinds are never "
+        "compared)."]
+    shown = ["architecture", "tokenizer", "pretraining", "task", "metric", "target_dev_score",
+             "pretrain_price", "verdict_price", "pretrain_flops", "verdict_flops", "unpriced"]
+    section.tables = [even[[c for c in shown if c in even]]]
+    return section
+
+
+def _equal_compute_section(at_equal: pd.DataFrame) -> _Section:
+    """Each cell's best dev score at the task's common search FLOPs, beside its best at equal
+    trials: a large model spends many times a small one's compute on the same trial budget."""
+    section = _Section("Equal compute, beside equal trials")
+    if at_equal.empty:
+        section.lines = ["No search trials with FLOPs yet."]
+        return section
+    section.lines = [
+        "Per task, the common budget is the smallest total search FLOPs among its model cells "
+        "(budget_cell; the k-mer floor does not set it). Each cell's best dev score within that "
+        "budget (its trials in start order) stands beside its best over all its trials; blank "
+        "where even its first trial exceeds the budget. Dev scores, so selection, not test."]
+    shown = ["task", "cell", "budget_flops", "budget_cell", "total_flops",
+             "trials_within_budget", "trials", "best_dev_score_at_budget", "best_dev_score"]
+    section.tables = [at_equal[[c for c in shown if c in at_equal]]]
+    return section
+
+
 def _tasks_section(table: pd.DataFrame, floor: pd.DataFrame, notes: pd.DataFrame) -> _Section:
     section = _Section("Tasks: metric, k-mer floor and caveats")
     if table.empty:
@@ -479,7 +547,8 @@ def _cell_view(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None = None,
                  contrasts: Sequence[Contrast] = (), trials_per_cell: int | None = None,
-                 replicates_per_cell: int | None = None) -> Report:
+                 replicates_per_cell: int | None = None,
+                 prices: dict[str, float] | None = None) -> Report:
     """Query MLflow for a study's latest sweep (or ``sweep``) and write every report file.
 
     ``contrasts`` are the study's own (``StudySpec.contrasts``); ``HEADLINE_CONTRAST`` is
@@ -487,7 +556,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     tell an unfinished sweep from a finished one; cells whose budget is unfinished or unlike
     the others' are listed first and left out of every comparison; with
     ``replicates_per_cell`` (the spec's replicate count) cells still missing replicates are
-    listed there too (their comparisons use the seeds both arms have).
+    listed there too (their comparisons use the seeds both arms have). ``prices`` (the spec's
+    price table) prices runs that logged no price of their own.
     """
     sweep = sweep or analysis.latest_sweep(tracking_uri, study)[1]
     all_runs = analysis.runs(tracking_uri, study, sweep)
@@ -505,13 +575,15 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     per_task = analysis.contrast_tasks(reps, table, patterns)
     linked = all_runs.assign(link=analysis._column(all_runs, analysis.PRETRAIN_RUN, None))
     pre_ids = list(linked["link"].dropna().unique())
-    costs = analysis.pretrain_costs(tracking_uri, pre_ids)
+    costs = analysis.pretrain_costs(tracking_uri, pre_ids, prices=prices)
     leaks = analysis.leakage(analysis.pretraining_runs(tracking_uri, pre_ids))
     uses = {link: ", ".join(sorted(set(group[tag_column(Tag.PRETRAINING)].dropna())))
             for link, group in linked.dropna(subset=["link"]).groupby("link")}
-    benefit = analysis.cost_benefit(all_runs, costs)
-    even = analysis.break_even(trial_runs, costs)
+    benefit = analysis.cost_benefit(all_runs, costs, prices=prices)
+    even = analysis.break_even(trial_runs, costs, prices=prices)
     curves = analysis.tuning_curves(trial_runs)
+    spent = analysis.compute_curves(trial_runs, prices=prices)
+    at_equal = analysis.equal_compute(trial_runs)
     floor = analysis.kmer_floor(table)
     notes = analysis.caveats(all_runs)
 
@@ -526,12 +598,17 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     per_task.to_csv(out / "contrast_tasks.csv", index=False)
     benefit.to_csv(out / "cost_benefit.csv", index=False)
     even.to_csv(out / "break_even.csv", index=False)
+    at_equal.to_csv(out / "equal_compute.csv", index=False)
+    spent.to_csv(out / "compute_curves.csv", index=False)
     leaks.to_csv(out / "leakage.csv", index=False)
     plots = [out / "cost_vs_mcc.png"]
     plot_cost_vs_mcc(table, plots[0])
     if curves:
         plots.append(out / "tuning_curves.png")
         plot_tuning_curves(curves, plots[-1])
+    if len(spent):
+        plots.append(out / "compute_curves.png")
+        plot_compute_curves(spent, plots[-1])
     if len(benefit) and benefit["test_score"].notna().any():
         plots.append(out / "cost_benefit.png")
         plot_cost_benefit(benefit, plots[-1])
@@ -573,8 +650,9 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
                 *blocks[1:], _comparison_section(comps), _selection_section(table),
                 _tasks_section(table, floor, notes), _leakage_section(leaks, uses),
                 _edge_section(table, bool(analysis.search_spaces(all_runs))), budget]
+    sections += [_equal_compute_section(at_equal), _cost_section(benefit, prices)]
     if len(even):
-        sections.append(_Section("Break-even of pretraining", [], [even]))
+        sections.append(_break_even_section(even))
 
     lines = [f"# Study `{study}`", "",
              f"Sweep `{sweep}` in `{tracking_uri}`. Configurations are selected on dev; test is "

@@ -43,21 +43,51 @@ def trial_rows(cell_axes, outcomes, scores, hours, max_epochs=4, start=0):
 
 
 def test_budget_table_counts_outcomes_and_flags_unequal_budgets():
-    done, pruned, failed = Outcome.COMPLETED, Outcome.PRUNED, Outcome.FAILED
-    rows = (trial_rows(("cnn", "none", "char", "tf/0"), [done, pruned, failed],
-                       [0.5, 0.3, np.nan], [0.1, 0.05, 0.01])
+    done, pruned = Outcome.COMPLETED, Outcome.PRUNED
+    model, infra = Outcome.MODEL_FAILED, Outcome.FAILED
+    rows = (trial_rows(("cnn", "none", "char", "tf/0"), [done, pruned, model, infra],
+                       [0.5, 0.3, np.nan, np.nan], [0.1, 0.05, 0.01, 0.01])
             + trial_rows(("unet", "none", "char", "tf/0"), [done, done, pruned],
                          [0.6, 0.4, 0.2], [0.2, 0.2, 0.1])
-            + trial_rows(("convnova", "none", "char", "tf/0"), [done, pruned],
-                         [0.7, 0.1], [0.3, 0.1]))
-    table = analysis.cells(pd.DataFrame(rows)).set_index("cell")
+            + trial_rows(("convnova", "none", "char", "tf/0"), [done, pruned, infra],
+                         [0.7, 0.1, np.nan], [0.3, 0.1, 0.1]))
+    table = analysis.cells(pd.DataFrame(rows), trials_per_cell=3).set_index("cell")
     cnn = table.loc["cnn|none|char|tf/0"]
-    assert (cnn.trials, cnn.completed, cnn.pruned, cnn.failed) == (3, 1, 1, 1)
-    assert cnn.best_dev_mcc == 0.5 and cnn.device_hours == pytest.approx(0.16)
+    assert (cnn.trials, cnn.completed, cnn.pruned, cnn.model_failed, cnn.failed) == (4, 1, 1, 1, 1)
+    # The model failure counts against the budget; the infrastructure failure does not.
+    assert cnn.budget_trials == 3 and cnn.finished
+    assert cnn.best_dev_mcc == 0.5 and cnn.device_hours == pytest.approx(0.17)
     assert cnn.best_params["learning_rate"] == "0.001"
-    parity = analysis.budget_parity(table.reset_index())
+    assert not table.loc["convnova|none|char|tf/0"].finished  # 2 of 3 counted
+    parity = analysis.budget_parity(table.reset_index(), trials_per_cell=3)
     assert parity == {"cnn|none|char|tf/0": True, "unet|none|char|tf/0": True,
-                      "convnova|none|char|tf/0": False}  # 2 trials where the others got 3
+                      "convnova|none|char|tf/0": False}
+    refused = analysis.refused_cells(table.reset_index(), trials_per_cell=3)
+    assert refused == {"convnova|none|char|tf/0": "unfinished: 2 of 3 trials"}
+
+
+def test_best_configuration_comes_from_completed_trials_only():
+    # A pruned trial's dev score was measured at a lower fidelity and it was never replicated.
+    rows = trial_rows(("cnn", "none", "char", "tf/0"),
+                      [Outcome.PRUNED, Outcome.COMPLETED, Outcome.COMPLETED],
+                      [0.9, 0.5, 0.6], [0.1, 0.1, 0.1])
+    rows[0][param_column("learning_rate")] = "0.1"
+    rows[2][param_column("learning_rate")] = "0.0003"
+    (row,) = analysis.cells(pd.DataFrame(rows)).itertuples()
+    assert row.best_dev_mcc == 0.6 and row.best_params["learning_rate"] == "0.0003"
+    assert row.best_trial == "cnnnone2"
+
+
+def test_epoch_budgets_may_differ_between_tasks_not_within_one():
+    done = Outcome.COMPLETED
+    rows = (trial_rows(("cnn", "none", "char", "a"), [done, done], [0.5, 0.4], [0.1, 0.1], 4)
+            + trial_rows(("unet", "none", "char", "a"), [done, done], [0.5, 0.4], [0.1, 0.1], 4)
+            + trial_rows(("cnn", "none", "char", "b"), [done, done], [0.5, 0.4], [0.1, 0.1], 9)
+            + trial_rows(("unet", "none", "char", "b"), [done, done], [0.5, 0.4], [0.1, 0.1], 9)
+            + trial_rows(("tf", "none", "char", "b"), [done, done], [0.5, 0.4], [0.1, 0.1], 3))
+    parity = analysis.budget_parity(analysis.cells(pd.DataFrame(rows)))
+    assert parity == {"cnn|none|char|a": True, "cnn|none|char|b": True, "tf|none|char|b": False,
+                      "unet|none|char|a": True, "unet|none|char|b": True}
 
 
 def replicate_frame(values):
@@ -92,7 +122,66 @@ def test_comparisons_pair_tasks_and_seeds_and_apply_holm():
     assert row.mean_difference == pytest.approx(0.15)  # mean of 0.05, 0.10, ..., 0.25
     assert row.p_value == pytest.approx(expected.p_value) == pytest.approx(0.0625)
     assert row.p_holm == pytest.approx(0.0625)  # a family of one
-    assert row.prob_improvement == 1.0 and row.verdict == "not significant"
+    # Five tasks that all improve: p = 2 / 2**5 is the smallest the test can give, above 0.05.
+    assert row.prob_improvement == 1.0 and row.verdict == "underpowered"
+    assert row.p_floor == pytest.approx(0.0625) and row.sample == "5 tasks x 2 seeds"
+
+
+def test_a_model_failure_counts_against_its_arm_and_an_infrastructure_failure_does_not():
+    scratch = {"t1": [0.50, 0.52, 0.51], "t2": [0.40, 0.42, 0.41], "t3": [0.60, 0.58, 0.59]}
+    unstable = {"t1": [0.70, 0.71, 0.72], "t2": [0.60, 0.61, 0.62], "t3": [0.80, 0.80, 0.80]}
+    runs = replicate_frame({("cnn", "none", "char"): scratch,
+                            ("cnn", "mlm:small", "char"): unstable})
+    hard = (runs[PRE] == "mlm:small") & (runs[TASK] == "t3")
+    # On its hardest task the pretrained arm's loss became NaN in two seeds of three...
+    diverged = hard & runs[tag_column(Tag.REPLICATE_SEED)].isin(["0", "1"])
+    runs.loc[diverged, OUTCOME] = Outcome.MODEL_FAILED
+    runs.loc[diverged, tag_column(Tag.FAILURE)] = "nan_loss"
+    runs.loc[diverged, metric_column(MetricName.TEST_MCC)] = np.nan
+    # ...and one scratch replicate of t1 lost its node.
+    lost_node = ((runs[PRE] == "none") & (runs[TASK] == "t1")
+                 & (runs[tag_column(Tag.REPLICATE_SEED)] == "2"))
+    runs.loc[lost_node, OUTCOME] = Outcome.FAILED
+    runs.loc[lost_node, metric_column(MetricName.TEST_MCC)] = np.nan
+    reps = analysis.replicates(runs)
+    assert reps["model_failed"].sum() == 2 and reps["failed"].sum() == 1
+    (row,) = analysis.comparisons(reps).itertuples()
+    # t3 stays in: the two failures score 0 (mean over seeds (0 + 0 + 0.8) / 3 vs 0.59); t1 is
+    # compared on its two seeds with a pair.
+    t1 = (0.70 + 0.71) / 2 - (0.50 + 0.52) / 2
+    t2 = 0.61 - 0.41
+    t3 = 0.80 / 3 - 0.59
+    assert row.n_tasks == 3 and row.n_pairs == 8
+    assert row.mean_difference == pytest.approx((t1 + t2 + t3) / 3)
+    summary = analysis.replicate_summary(reps)
+    assert summary.loc["cnn|mlm:small|char|t3", "replicate_model_failures"] == 2
+    assert summary.loc["cnn|mlm:small|char|t3", "test_score"] == pytest.approx(0.8 / 3)
+    assert summary.loc["cnn|none|char|t1", "test_n"] == 2
+
+
+def test_cells_report_test_intervals_and_the_selection_gap():
+    done = Outcome.COMPLETED
+    trials = trial_rows(("cnn", "none", "char", "t1"), [done, done], [0.8, 0.6], [0.1, 0.1])
+    reps = replicate_frame({("cnn", "none", "char"): {"t1": [0.60, 0.70, 0.65]}})
+    table = analysis.cells(pd.DataFrame(trials), reps)
+    (row,) = table.itertuples()
+    assert row.test_score == pytest.approx(0.65) and row.test_n == 3
+    assert 0.60 <= row.test_ci_low < 0.65 < row.test_ci_high <= 0.70
+    assert row.selection_gap == pytest.approx(0.8 - 0.65)
+
+
+def test_comparisons_refuse_cells_with_unequal_or_unfinished_budgets():
+    scratch = {"t1": [0.5, 0.5], "t2": [0.4, 0.4], "t3": [0.6, 0.6]}
+    pretrained = {"t1": [0.6, 0.6], "t2": [0.5, 0.5], "t3": [0.7, 0.7]}
+    reps = analysis.replicates(replicate_frame({("cnn", "none", "char"): scratch,
+                                                ("cnn", "mlm:small", "char"): pretrained}))
+    refused = {"cnn|mlm:small|char|t2": "budget differs: 1 trials x 4 epochs"}
+    (row,) = analysis.comparisons(reps, refused=refused).itertuples()
+    assert row.n_tasks == 2 and "t2: cnn|mlm:small|char|t2 (budget differs" in row.refused
+    everything = {f"cnn|{p}|char|{t}": "unfinished: 1 trial(s) still running"
+                  for p in ("none", "mlm:small") for t in scratch}
+    (row,) = analysis.comparisons(reps, refused=everything).itertuples()
+    assert row.verdict == "refused" and row.n_tasks == 0 and row.refused.count("unfinished") == 6
 
 
 def test_collapsed_replicates_are_counted():
@@ -107,17 +196,37 @@ def test_amortisation_charges_pretraining_per_rule():
                          ("cnn", "none", "char"): {"t1": [0.5], "t2": [0.6]}}),
     ])
     runs[PRETRAIN_RUN] = np.where(runs[PRE] == "none", None, "run1")
-    costs = {"run1": analysis.PretrainCost("run1", device_hours=10.0, flops=1e12)}
+    costs = {"run1": analysis.PretrainCost("run1", device_hours=10.0, flops=1e12)}  # GPU
     table = analysis.cost_benefit(runs, costs).set_index(["cell", "rule"])
     pre = "cnn|mlm:small|char|t1"
-    assert table.loc[(pre, "none"), "pretrain_device_hours"] == 0
-    assert table.loc[(pre, "per-task"), "pretrain_device_hours"] == 5.0  # used by 2 tasks
-    assert table.loc[(pre, "full"), "pretrain_device_hours"] == 10.0
-    assert table.loc[(pre, "full"), "device_hours"] == 10.5  # + its replicate's 0.5
-    assert table.loc[("cnn|none|char|t1", "full"), "pretrain_device_hours"] == 0
-    # Under "none" the pretrained cell is cheaper-or-equal and better: on the front.
+    assert table.loc[(pre, "none"), "pretrain_gpu_hours"] == 0
+    assert table.loc[(pre, "per-task"), "pretrain_gpu_hours"] == 5.0  # used by 2 tasks
+    assert table.loc[(pre, "per-task"), "pretrain_flops"] == 5e11
+    assert table.loc[(pre, "full"), "pretrain_gpu_hours"] == 10.0
+    # The replicate's 0.5 h ran on CPU (no device type: counted as CPU, and said so); the
+    # pretraining's 10 h on a GPU. They are never added.
+    assert table.loc[(pre, "full"), ["cpu_core_hours", "gpu_hours"]].tolist() == [0.5, 10.0]
+    assert table.loc[(pre, "full"), "flops"] == 1e12 + 2e9
+    assert table.loc[(pre, "full"), "assumed_device_type"] == (
+        "1 fine-tuning runs without a device type counted as cpu")
+    assert table.loc[("cnn|none|char|t1", "full"), "pretrain_gpu_hours"] == 0
+    # Nothing is priced: money is NaN, the gaps are named, the front is on FLOPs.
+    assert table["price"].isna().all()
+    assert table.loc[(pre, "none"), "unpriced"] == "cpu"
+    assert table.loc[(pre, "full"), "unpriced"] == "cpu; pretraining run1 (gpu)"
+    assert set(table["pareto_axis"]) == {"flops"}
+    # Under "none" the pretrained cell costs the same and scores better: on the front.
     assert table.loc[(pre, "none"), "pareto"]
     assert not table.loc[("cnn|none|char|t1", "none"), "pareto"]
+    # Priced: money adds up across devices, and the front is on money.
+    priced = analysis.cost_benefit(runs, costs, prices={"cpu": 0.1, "gpu": 2.0}).set_index(
+        ["cell", "rule"])
+    assert priced.loc[(pre, "full"), "price"] == pytest.approx(0.5 * 0.1 + 10 * 2.0)
+    assert priced.loc[(pre, "per-task"), "pretrain_price"] == pytest.approx(10.0)
+    assert set(priced["pareto_axis"]) == {"price"} and (priced["unpriced"] == "").all()
+    # Under "full" the pretrained cell costs 20.05 against 0.05: both on the front.
+    assert priced.loc[(pre, "full"), "pareto"] and priced.loc[("cnn|none|char|t1", "full"),
+                                                              "pareto"]
 
 
 def test_break_even_from_search_trajectories():
@@ -125,16 +234,28 @@ def test_break_even_from_search_trajectories():
                          [1.0, 1.0, 1.0])
     pretrained = trial_rows(("cnn", "mlm:s", "char", "t1"), [Outcome.COMPLETED] * 2, [0.6, 0.55],
                             [0.5, 0.5])
-    frame = pd.DataFrame(scratch + pretrained)
+    frame = pd.DataFrame(scratch + pretrained)  # every trial 1e9 FLOPs, on CPU
     frame[PRETRAIN_RUN] = np.where(frame[PRE] == "none", None, "p")
-    costs = {"p": analysis.PretrainCost("p", device_hours=5.0, flops=0.0)}
-    (row,) = analysis.break_even(frame, costs).itertuples()
-    # Pretrained reached 0.6 after 0.5 h; scratch needed 3 h. 5/n + 0.5 <= 3 -> n = 2.
-    assert (row.pretrained_cost, row.scratch_cost, row.break_even_tasks) == (0.5, 3.0, 2)
-    costs["p"] = analysis.PretrainCost("p", device_hours=5.0, flops=0.0)
+    costs = {"p": analysis.PretrainCost("p", device_hours=5.0, flops=4e9, device_type="gpu",
+                                        device_name="NVIDIA A100-SXM4-80GB")}
+    prices = {"A100": 2.5, "cpu": 2.0}
+    (row,) = analysis.break_even(frame, costs, prices=prices).itertuples()
+    # FLOPs: pretrained reached 0.6 after 1e9; scratch needed 3e9. 4e9/n + 1e9 <= 3e9 -> n = 2.
+    assert (row.pretrained_flops, row.scratch_flops, row.pretrain_flops) == (1e9, 3e9, 4e9)
+    assert (row.break_even_tasks_flops, row.verdict_flops) == (2, "after 2 tasks")
+    # Money: 0.5 h and 3 h of CPU at 2.0; 5 A100-hours at 2.5. 12.5/n + 1 <= 6 -> n = 3.
+    assert (row.pretrained_price, row.scratch_price, row.pretrain_price) == (1.0, 6.0, 12.5)
+    assert (row.break_even_tasks_price, row.verdict_price, row.unpriced) == (3, "after 3 tasks",
+                                                                             "")
+    # Without a price for the GPU the money verdict says so; FLOPs still answer.
+    (row,) = analysis.break_even(frame, costs, prices={"cpu": 2.0}).itertuples()
+    assert row.verdict_price == "unpriced" and pd.isna(row.break_even_tasks_price)
+    assert row.unpriced == "pretraining p (gpu NVIDIA A100-SXM4-80GB)"
+    assert row.verdict_flops == "after 2 tasks"
     frame.loc[frame[PRE] == "mlm:s", BEST_DEV_MCC] = [0.9, 0.1]
-    (row,) = analysis.break_even(frame, costs).itertuples()
-    assert row.verdict == "scratch never matched" and row.break_even_tasks is None
+    (row,) = analysis.break_even(frame, costs, prices=prices).itertuples()
+    assert row.verdict_flops == row.verdict_price == "scratch never matched"
+    assert pd.isna(row.break_even_tasks_flops) and np.isnan(row.scratch_flops)
 
 
 def test_tuning_curves_are_monotone_and_end_at_the_best():
@@ -143,6 +264,10 @@ def test_tuning_curves_are_monotone_and_end_at_the_best():
     (curve,) = analysis.tuning_curves(pd.DataFrame(rows)).values()
     assert curve[0] == pytest.approx(0.25) and curve[-1] == pytest.approx(0.4)
     assert np.all(np.diff(curve) >= 0)
+    # A pruned trial's truncated score stays out: the curve is over completed trials only.
+    rows += trial_rows(("cnn", "none", "char", "t1"), [Outcome.PRUNED], [0.9], [1], start=4)
+    (curve,) = analysis.tuning_curves(pd.DataFrame(rows)).values()
+    assert len(curve) == 4 and curve[-1] == pytest.approx(0.4)
 
 
 # --- scores, sizes, families -----------------------------------------------------------------
