@@ -25,12 +25,14 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import analysis
+from ablate.importance import param_importances
 from ablate.plots import (
     plot_compute_curves,
     plot_cost_benefit,
     plot_cost_vs_mcc,
     plot_tuning_curves,
 )
+from ablate.provenance import data_hashes, report_lines
 from ablate.spec import HEADLINE_CONTRAST, Contrast
 from ablate.tracking.schema import Tag, tag_column
 
@@ -282,10 +284,28 @@ def _html(title: str, sections: list[tuple[str, str]]) -> str:
             f"{body}</body></html>")
 
 
+def _inline(line: str) -> str:
+    """One Markdown line as HTML: escaped, with **bold** and `code` rendered."""
+    import re
+
+    text = html.escape(line)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _md_para(lines: list[str]) -> str:
-    return "".join(
-        f"<p>{html.escape(line).replace('**', '')}</p>" for line in lines if line.strip()
-    )
+    """Paragraphs, and runs of ``- `` lines as one bulleted list."""
+    out, items = [], []
+    for line in [*lines, ""]:
+        if line.startswith("- "):
+            items.append(f"<li>{_inline(line[2:])}</li>")
+            continue
+        if items:
+            out.append(f"<ul>{''.join(items)}</ul>")
+            items = []
+        if line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    return "".join(out)
 
 
 @dataclass
@@ -400,6 +420,49 @@ def _selection_section(table: pd.DataFrame) -> _Section:
         "search on a small dev set, plus the dev/test shift."]
     section.tables = [gaps[["cell", "metric", "best_dev_score", "test_score", "test_ci_low",
                             "test_ci_high", "test_n", "selection_gap"]]]
+    return section
+
+
+def _provenance(tracking_uri: str, study: str, sweep: str) -> dict | None:
+    """The sweep's provenance, or None for a sweep written before it was recorded."""
+    from ablate.errors import AblateError
+    from ablate.tracking.reader import provenance
+
+    try:
+        return provenance(tracking_uri, study, sweep)
+    except AblateError:
+        return None
+
+
+def _provenance_section(origin: dict | None) -> _Section:
+    section = _Section("Provenance")
+    if origin is None:
+        section.lines = ["This sweep recorded no provenance (it was written by an ablate that "
+                         "did not)."]
+        return section
+    section.lines = ["What a referee needs to check this study, recorded in MLflow on the "
+                     "sweep's own run (artifacts under `provenance/`: the spec as written, each "
+                     "cell's search space, versions, data hashes in `data_hashes.csv`, hardware "
+                     "and every configuration the searcher suggested):", *report_lines(origin)]
+    return section
+
+
+def _importance_section(weights: pd.DataFrame) -> _Section:
+    """Which hyperparameters mattered, per cell with enough completed trials."""
+    section = _Section("Which hyperparameters mattered")
+    scored = weights[weights["importance"].notna()] if len(weights) else weights
+    evaluator = (scored["evaluator"].iloc[0] if len(scored) else
+                 "Optuna's fANOVA importance evaluator")
+    few = weights[weights["importance"].isna()]["cell"].nunique() if len(weights) else 0
+    if scored.empty:
+        section.lines = [f"No cell has enough completed search trials for {evaluator} "
+                         f"(at least 10; {few} cell(s) have fewer), so no importances."]
+        return section
+    section.lines = [f"{evaluator} over each cell's completed search trials (their best dev "
+                     "score), rebuilt from MLflow; importances sum to 1 per cell. "
+                     + (f"{few} cell(s) with fewer than 10 completed trials are left out."
+                        if few else "")]
+    section.tables = [scored[["cell", "parameter", "importance", "n_trials"]]]
     return section
 
 
@@ -586,6 +649,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     at_equal = analysis.equal_compute(trial_runs)
     floor = analysis.kmer_floor(table)
     notes = analysis.caveats(all_runs)
+    weights = param_importances(trial_runs, all_runs)
+    origin = _provenance(tracking_uri, study, sweep)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -599,6 +664,9 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     benefit.to_csv(out / "cost_benefit.csv", index=False)
     even.to_csv(out / "break_even.csv", index=False)
     at_equal.to_csv(out / "equal_compute.csv", index=False)
+    weights.to_csv(out / "importance.csv", index=False)
+    if origin is not None:
+        data_hashes(origin).to_csv(out / "data_hashes.csv", index=False)
     spent.to_csv(out / "compute_curves.csv", index=False)
     leaks.to_csv(out / "leakage.csv", index=False)
     plots = [out / "cost_vs_mcc.png"]
@@ -650,9 +718,11 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
                 *blocks[1:], _comparison_section(comps), _selection_section(table),
                 _tasks_section(table, floor, notes), _leakage_section(leaks, uses),
                 _edge_section(table, bool(analysis.search_spaces(all_runs))), budget]
+    sections.insert(sections.index(budget), _importance_section(weights))
     sections += [_equal_compute_section(at_equal), _cost_section(benefit, prices)]
     if len(even):
         sections.append(_break_even_section(even))
+    sections.append(_provenance_section(origin))
 
     lines = [f"# Study `{study}`", "",
              f"Sweep `{sweep}` in `{tracking_uri}`. Configurations are selected on dev; test is "

@@ -1,4 +1,5 @@
-"""Reading a study back from MLflow: its latest sweep, its runs as a DataFrame, pretrainings.
+"""Reading a study back from MLflow: its latest sweep, its runs as a DataFrame, pretrainings,
+and a sweep's provenance (its ``Stage.SWEEP`` run; see ``ablate.provenance``).
 
 Runs written before the schema carried a version (version 1) use the same tag and metric
 names, so they are read as they are; a store written by a newer ``ablate`` is refused.
@@ -55,7 +56,10 @@ def check_readable(version: int, what: str) -> None:
 
 
 def latest_sweep_run(tracking_uri: str, study: str) -> Any:
-    """The most recent cell run of the study: its tags name the sweep and its schema."""
+    """The most recent cell run of the study: its tags name the sweep and its schema.
+
+    Only cell runs are looked at, so a sweep's provenance run (``Stage.SWEEP``, written
+    before its trials) never stands for the sweep."""
     client = client_for(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
@@ -116,3 +120,77 @@ def find_finished_pretraining(client: Any, key: str) -> Any | None:
         max_results=1,
     )
     return found[0] if found else None
+
+
+# --- a sweep's provenance run (Stage.SWEEP) ---------------------------------------------------
+
+PROVENANCE_DIR = "provenance"  # the artifact folder of a sweep run (see ablate.provenance)
+
+
+def find_sweep_run(client: Any, experiment_id: str, sweep: str) -> Any | None:
+    """The provenance run (``Stage.SWEEP``) of a sweep, if it has one (the first, if a
+    concurrent launch wrote two)."""
+    found = find_runs(client, experiment_id,
+                      f"{tag_filter(Tag.STAGE, Stage.SWEEP)} and {tag_filter(Tag.SWEEP, sweep)}")
+    return min(found, key=lambda r: r.info.start_time or 0) if found else None
+
+
+def _parse_artifact(path: Any) -> Any:
+    import json
+
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return text
+
+
+def read_provenance(client: Any, run_id: str) -> dict[str, Any]:
+    """A sweep run's ``provenance/`` artifacts, parsed: each file by its stem (``spec``: the
+    spec's text; ``search_spaces``, ``environment``, ``data``, ``hardware``: dicts;
+    ``suggestions``: a list of dicts, or None before the sweep's end) and ``resumes``: one dict
+    per resume (``number``, ``changes`` and the parts that changed)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="ablate-provenance-") as tmp:
+        if not client.list_artifacts(run_id, PROVENANCE_DIR):
+            return {"suggestions": None, "resumes": []}
+        bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a few small files
+        try:
+            root = Path(client.download_artifacts(run_id, PROVENANCE_DIR, tmp))
+        finally:
+            if bar is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+        info: dict[str, Any] = {"suggestions": None, "resumes": []}
+        for path in sorted(root.iterdir()):
+            if path.is_file():
+                info[path.stem] = _parse_artifact(path)
+            elif path.is_dir() and path.name.startswith("resume-"):
+                resume = {p.stem: _parse_artifact(p) for p in sorted(path.iterdir())
+                          if p.is_file()}
+                info["resumes"].append({"number": int(path.name.removeprefix("resume-")),
+                                        **resume})
+    info["resumes"].sort(key=lambda r: r["number"])
+    return info
+
+
+def provenance(tracking_uri: str, study: str, sweep: str | None = None) -> dict[str, Any]:
+    """The provenance of a sweep (default: the study's latest): ``run_id``, ``sweep``,
+    ``status``, ``tags`` and the parsed artifacts of ``read_provenance``."""
+    experiment_id, latest = latest_sweep(tracking_uri, study)
+    sweep = sweep or latest
+    client = client_for(tracking_uri)
+    run = find_sweep_run(client, experiment_id, sweep)
+    if run is None:
+        raise AblateError(
+            f"sweep {sweep} of study {study!r} has no provenance run (stage "
+            f"{Stage.SWEEP!r}); it was written by an ablate that did not record provenance"
+        )
+    return {"run_id": run.info.run_id, "sweep": sweep, "status": run.info.status,
+            "tags": dict(run.data.tags), **read_provenance(client, run.info.run_id)}

@@ -60,6 +60,14 @@ class Tag:
     PRETRAIN_KIND = "ablate.pretrain_kind"  # "external" for a registered checkpoint
     FAILURE = "ablate.failure"  # why a run failed: a FailureKind value
     PRICE_SOURCE = "ablate.price_source"  # the price-table key that priced a run, or "unpriced"
+    # the sweep run (Stage.SWEEP): short summaries of its provenance artifacts
+    ABLATE_VERSION = "ablate.version"
+    GIT_COMMIT = "ablate.git_commit"  # the package checkout's commit, or "unknown"
+    GIT_DIRTY = "ablate.git_dirty"  # "true" when the checkout had uncommitted changes
+    DATA_DIGEST = "ablate.data_digest"  # sha256 over every data file's name and sha256
+    DATA_FILES = "ablate.data_files"  # how many data files the digest covers
+    SUGGESTIONS = "ablate.suggestions"  # configurations recorded at the sweep's end
+    RESUMES = "ablate.resumes"  # times the sweep was resumed
     # MLflow's own
     PARENT_RUN = "mlflow.parentRunId"
 
