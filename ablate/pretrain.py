@@ -4,9 +4,15 @@
 into shards, trains the architecture's encoder with a masked-LM head on Ray Train
 (``TorchTrainer``: data-parallel workers, 2 CPU workers locally, GPUs on a cluster), streams the
 shards through Ray Data, checkpoints every ``checkpoint_every`` steps and resumes from the last
-checkpoint when started again with the same spec after a kill. The result is registered in
-MLflow (``ablate.tracking.writer.register_pretraining``) as a pretraining run holding the model
-folder as an artifact and its full cost: wall seconds, device-hours, FLOPs and tokens seen.
+checkpoint when started again with the same spec after a kill.
+
+Its MLflow run exists from the start (status RUNNING, tagged with its key) and records its cost
+as it goes: the workers report their progress several times per checkpoint, and the driver
+writes each report's wall time, checkpoint time, FLOPs, device-hours, price, MFU and energy
+(all through ``ablate.cost``, as a fine-tuning trial does). A resumed pretraining goes on in the
+same run, and the work its kill threw away (the last recorded time less the time the restored
+checkpoint had) is charged as ``lost_seconds``, so the run is charged in full. At the end the
+run is marked FINISHED and holds the model folder as an artifact.
 
 A pretraining run is identified by a key: a hash of everything that determines it (recipe,
 architecture, preset, overrides, tokenizer, corpus). A finished run with the same key is reused,
@@ -17,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -126,6 +131,7 @@ class WorkerPlan:
     pad_id: int = 3  # the tokenizer's own special ids
     mask_id: int = 4
     special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)  # never masked
+    progress: Any = None  # the driver's queue of progress records (a ray.util.queue.Queue)
 
 
 @dataclass
@@ -179,37 +185,128 @@ def _restore(opt: _Optimisation, device: Any) -> dict:
     return saved["state"]
 
 
-def _checkpoint_and_report(opt: _Optimisation, state: dict, metrics: dict, rank: int) -> None:
-    """``ray.train.report`` the metrics; rank 0 attaches the trainer state and model folder."""
+# Seconds between a worker's progress records (besides one at every checkpoint), so a kill
+# loses at most about that much from the record of what ran. They go to the driver through a
+# queue, not through ``ray.train.report``: Ray Train takes one report per worker every couple
+# of seconds and holds a worker that reports faster.
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+class _Clock:
+    """A worker's time, charged to ``state["wall_seconds"]`` (compute) or
+    ``state["checkpoint_seconds"]`` (saving, uploading, restoring) since the last charge."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.mark = time.perf_counter()
+
+    def charge(self, account: str = "wall") -> None:
+        now = time.perf_counter()
+        key = f"{account}_seconds"
+        self.state[key] = self.state.get(key, 0.0) + now - self.mark
+        self.mark = now
+
+
+def _save_checkpoint(opt: _Optimisation, state: dict, folder: Path) -> Any:
+    """Write the trainer state and the model folder into ``folder``; the Ray Train checkpoint."""
     import ray.train
     import torch
 
     from ablate.models.io import save_model
 
+    torch.save({"model": opt.bare.state_dict(), "optimizer": opt.optimizer.state_dict(),
+                "scheduler": opt.scheduler.state_dict(), "state": state},
+               folder / "trainer_state.pt")
+    save_model(opt.bare, folder / MODEL_ARTIFACT)
+    return ray.train.Checkpoint.from_directory(folder)
+
+
+class _Progress:
+    """A worker's progress records: its state, clock, device and energy as a dict, sent to the
+    driver's queue (``WorkerPlan.progress``) every ``PROGRESS_EVERY_SECONDS`` and at every
+    checkpoint. ``sent`` counts them since the worker started: the first tells the driver a
+    worker group started from the restored figures ``resumed``."""
+
+    def __init__(self, plan: WorkerPlan, state: dict, resumed: dict, hardware: Any,
+                 energy: Any, n_params: int, rank: int, world: int) -> None:
+        self.queue, self.state, self.resumed = plan.progress, state, resumed
+        self.hardware, self.energy, self.n_params = hardware, energy, n_params
+        self.rank, self.world = rank, world
+        self.energy_before = state["energy_kwh"]
+        self.loss_sum, self.loss_count, self.sent = 0.0, 0, 0
+        self.last_sent = time.perf_counter()
+
+    def add_loss(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.loss_count += 1
+
+    def metrics(self) -> dict:
+        """The record now (the masked-LM loss is the mean since the last one)."""
+        state, hardware, kwh = self.state, self.hardware, self.energy.kwh()
+        if kwh is not None:
+            state["energy_kwh"] = self.energy_before + kwh
+        out = {"step": state["step"], "mlm_loss": self.loss_sum / max(self.loss_count, 1),
+               "tokens_seen": state["tokens_seen"], "flops": state["flops"],
+               "wall_seconds": state["wall_seconds"],
+               "checkpoint_seconds": state["checkpoint_seconds"],
+               "resumed_from_step": self.resumed["step"],
+               "resumed_wall_seconds": self.resumed["wall_seconds"],
+               "resumed_checkpoint_seconds": self.resumed["checkpoint_seconds"],
+               "n_params": self.n_params, "rank": self.rank, "world_size": self.world,
+               "device_type": hardware.kind, "device_name": hardware.name,
+               "device_count": hardware.count, "peak_flops": hardware.peak_flops,
+               "peak_source": hardware.peak_source}
+        if kwh is not None:
+            out["energy_kwh"] = state["energy_kwh"]
+        self.loss_sum, self.loss_count = 0.0, 0
+        return out
+
+    def due(self) -> bool:
+        """Whether a record is due (there is a queue and its interval has passed)."""
+        return (self.queue is not None
+                and time.perf_counter() - self.last_sent >= PROGRESS_EVERY_SECONDS)
+
+    def send(self, metrics: dict | None = None) -> None:
+        """Send a record (``metrics``, or one made now) to the driver."""
+        if self.queue is None:
+            return
+        self.sent += 1
+        self.queue.put({**(metrics or self.metrics()), "sent_since_start": self.sent})
+        self.last_sent = time.perf_counter()
+
+
+def _checkpoint(opt: _Optimisation, clock: _Clock, progress: _Progress) -> None:
+    """Save (rank 0), record and ``ray.train.report`` a checkpoint; the record is made after the
+    save, so it carries it, and the upload inside the report is charged after it returns."""
+    import ray.train
+
+    clock.charge("wall")
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            torch.save({"model": opt.bare.state_dict(), "optimizer": opt.optimizer.state_dict(),
-                        "scheduler": opt.scheduler.state_dict(), "state": state},
-                       Path(folder) / "trainer_state.pt")
-            save_model(opt.bare, Path(folder) / MODEL_ARTIFACT)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        saved = _save_checkpoint(opt, clock.state, Path(folder)) if progress.rank == 0 else None
+        clock.charge("checkpoint")
+        metrics = progress.metrics()
+        progress.send(metrics)
+        ray.train.report(metrics, checkpoint=saved)
+    clock.charge("checkpoint")
 
 
 def pretrain_worker(config: dict) -> None:
     """Ray Train per-worker loop (``config["plan"]``: a ``WorkerPlan``): masked-LM steps,
-    checkpoints, metrics, resume.
+    progress records, checkpoints, metrics, resume.
 
     A step is the fine-tuning trial's own (``ablate.training.train_step``) with the masked-LM
     loss of ``MaskedLanguageModel`` through the wrapped model's ``forward``; FLOPs are counted
-    by the trial's counter on the first batch.
+    by the trial's counter on the first batch. The worker's time from its start (building the
+    model, restoring, streaming, stepping, checkpointing) is in ``wall_seconds`` and
+    ``checkpoint_seconds``, cumulative over resumes; every record also names its device
+    (``ablate.cost.current_device``) and the energy NVML measured.
     """
     import logging
 
     import ray.train
     import torch
 
+    from ablate.cost import EnergyMeter, current_device
     from ablate.models.mlm import mask_tokens
     from ablate.training import count_step_flops, masked_lm_loss, train_step
 
@@ -217,17 +314,26 @@ def pretrain_worker(config: dict) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     plan: WorkerPlan = config["plan"]
     recipe = plan.recipe
+    started = time.perf_counter()
+    energy = EnergyMeter()
+    energy.start()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(recipe.seed + rank)
     opt, n_params, device = _build(plan)
-    state = _restore(opt, device)
-    resumed_from = state["step"]
+    hardware = current_device(1.0 if recipe.use_gpu else 0.0, recipe.cpus_per_worker)
+    restore_start = time.perf_counter()
+    state = {"checkpoint_seconds": 0.0, "energy_kwh": 0.0, **_restore(opt, device)}
+    # What the restored checkpoint had charged: the driver charges what ran after it as lost.
+    resumed = {"step": state["step"], "wall_seconds": state["wall_seconds"],
+               "checkpoint_seconds": state["checkpoint_seconds"]}
+    state["wall_seconds"] += restore_start - started
+    state["checkpoint_seconds"] += time.perf_counter() - restore_start
+    clock = _Clock(state)
+    progress = _Progress(plan, state, resumed, hardware, energy, n_params, rank, world)
     generator = torch.Generator().manual_seed(recipe.seed * 7919 + rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
     flops_per_step = None
-    last_report = time.perf_counter()
-    loss_sum, loss_count = 0.0, 0
     while state["step"] < recipe.max_steps:
         produced = False
         for ids, mask in _batches(shard, recipe.batch_size, plan.pad_id, plan.width):
@@ -245,19 +351,13 @@ def pretrain_worker(config: dict) -> None:
             # Counted over all workers: every worker processes the same batch shape.
             state["tokens_seen"] += int(batch[1].sum().item()) * world
             state["flops"] += flops_per_step * world
-            loss_sum += loss.item()
-            loss_count += 1
+            progress.add_loss(loss.item())
             done = state["step"] >= recipe.max_steps
             if state["step"] % recipe.checkpoint_every == 0 or done:
-                now = time.perf_counter()
-                state["wall_seconds"] += now - last_report
-                last_report = now
-                metrics = {"step": state["step"], "mlm_loss": loss_sum / max(loss_count, 1),
-                           "tokens_seen": state["tokens_seen"], "flops": state["flops"],
-                           "wall_seconds": state["wall_seconds"],
-                           "resumed_from_step": resumed_from, "n_params": n_params}
-                loss_sum, loss_count = 0.0, 0
-                _checkpoint_and_report(opt, state, metrics, rank)
+                _checkpoint(opt, clock, progress)
+            elif progress.due():
+                clock.charge("wall")
+                progress.send()
             if done:
                 break
         if not produced:
@@ -297,8 +397,93 @@ def _result_from_run(client: Any, run: Any, work_dir: Path, reused: bool) -> Pre
     )
 
 
-def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str) -> Any:
-    """The Ray Train ``TorchTrainer`` of a job, streaming its corpus shards through Ray Data."""
+class PretrainLedger:
+    """The cost of one pretraining run over all its attempts, from its workers' records.
+
+    ``wall_seconds`` and ``checkpoint_seconds`` are rank 0's cumulative figures (restored with
+    every checkpoint); a worker group's first record after a restore charges what the run had
+    recorded beyond the restored checkpoint as ``lost_seconds``. Device-hours, price, MFU and
+    energy come from ``ablate.cost`` on the workers' devices (``current_device`` on each, times
+    the number of workers), billed on compute + checkpoint + lost seconds.
+    """
+
+    def __init__(self, recorded: dict[str, float] | None = None,
+                 prices: dict[str, float] | None = None) -> None:
+        recorded = recorded or {}
+        self.prices = dict(prices or {})
+        self.wall = float(recorded.get(MetricName.WALL_SECONDS, 0.0))
+        self.checkpoint = float(recorded.get(MetricName.CHECKPOINT_SECONDS, 0.0))
+        self.lost = float(recorded.get(MetricName.LOST_SECONDS, 0.0))
+        self.charged = 0.0  # seconds of this driver's fit its records charged
+        self.restored = (0.0, 0.0)  # (wall, checkpoint seconds) the last worker group restored
+        self.latest: dict[int, dict] = {}  # rank -> its latest record
+        self.records = 0  # rank 0's records this driver took
+
+    def record(self, worker: dict) -> tuple[dict[str, float], dict[str, str]] | None:
+        """Take one worker's record; the run's (metrics, tags) after it when it is rank 0's
+        (the one whose figures the run's are), else None."""
+        self.latest[int(worker["rank"])] = worker
+        if int(worker["rank"]) != 0:
+            return None
+        before = self.wall + self.checkpoint + self.lost
+        if int(worker["sent_since_start"]) == 1:
+            # A worker group started (first, resumed or restarted): from the restored state.
+            self.restored = (float(worker["resumed_wall_seconds"]),
+                             float(worker["resumed_checkpoint_seconds"]))
+            restored = sum(self.restored)
+            lost = max(0.0, self.wall + self.checkpoint - restored)
+            self.lost += lost
+            # Work lost before this driver started (a killed driver's) is not of its fit.
+            before = restored + self.lost - (lost if self.records else 0.0)
+        self.records += 1
+        self.wall = float(worker["wall_seconds"])
+        self.checkpoint = float(worker["checkpoint_seconds"])
+        self.charged += max(0.0, self.wall + self.checkpoint + self.lost - before)
+        return self.metrics()
+
+    def metrics(self, overhead_seconds: float = 0.0) -> tuple[dict[str, float], dict[str, str]]:
+        """(metrics, tags) of the latest records, with ``overhead_seconds`` of the driver's fit
+        that no worker measured (starting the workers, say) added to compute time."""
+        from ablate.cost import Device, cost_metrics, price_for
+
+        first = self.latest[0]
+        workers = int(first["world_size"])
+        kind = str(first["device_type"])
+        # Billed for every worker's devices; a CPU peak is one process's (cost.Device), so the
+        # workers' processes add up, where a GPU's peak is per device.
+        device = Device(kind, str(first["device_name"]), float(first["device_count"]) * workers,
+                        float(first["peak_flops"]) * (workers if kind == "cpu" else 1),
+                        str(first["peak_source"]))
+        energies = [float(w["energy_kwh"]) for w in self.latest.values() if "energy_kwh" in w]
+        wall = self.wall + overhead_seconds
+        values = cost_metrics(device, wall_seconds=wall, flops=float(first["flops"]),
+                              prices=self.prices, energy_kwh=sum(energies) if energies else None,
+                              billed_seconds=wall + self.checkpoint + self.lost)
+        values.update({
+            MetricName.WALL_SECONDS: wall,
+            "step_seconds": self.wall,
+            MetricName.CHECKPOINT_SECONDS: self.checkpoint,
+            MetricName.LOST_SECONDS: self.lost,
+            MetricName.FLOPS: float(first["flops"]),
+            MetricName.TOKENS_SEEN: float(first["tokens_seen"]),
+            MetricName.MLM_LOSS: float(first["mlm_loss"]),
+            "steps": float(first["step"]),
+            "devices": float(workers),
+            "resumed_from_step": float(first["resumed_from_step"]),
+            # what the checkpoint it resumed from had charged (the rest is lost_seconds)
+            "resumed_wall_seconds": self.restored[0],
+            "resumed_checkpoint_seconds": self.restored[1],
+            MetricName.N_PARAMS: float(first["n_params"]),
+        })
+        tags = {Tag.DEVICE_NAME: device.name, Tag.PEAK_SOURCE: device.peak_source,
+                Tag.PRICE_SOURCE: price_for(self.prices, device.kind, device.name)[1]}
+        return values, tags
+
+
+def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str,
+             progress: Any = None) -> Any:
+    """The Ray Train ``TorchTrainer`` of a job, streaming its corpus shards through Ray Data;
+    its workers send progress records to ``progress`` (a ``ray.util.queue.Queue``) if given."""
     import ray.data
     import ray.train
     import ray.util
@@ -325,7 +510,7 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
             overrides=dict(job.overrides), vocab_size=tokenizer.get_vocab_size(),
             complement_ids=tuple(complement_ids(tokenizer)), token_limit=job.token_limit,
             width=manifest.max_tokens, pad_id=ids.pad, mask_id=ids.mask,
-            special_ids=tuple(ids.ids),
+            special_ids=tuple(ids.ids), progress=progress,
         )},
         scaling_config=ray.train.ScalingConfig(
             num_workers=recipe.workers,
@@ -343,14 +528,10 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
     )
 
 
-def _run_record(job: PretrainJob, num_rows: int, metrics: dict,
-                elapsed: float) -> tuple[dict, dict]:
-    """(params, metrics) of a finished pretraining's MLflow run, with its full cost: the whole
-    fit (workers' start-up, data, steps), not only the step time."""
+def _run_params(job: PretrainJob, num_rows: int) -> dict[str, Any]:
+    """The params of a pretraining's MLflow run: its recipe, model, tokenizer and corpus."""
     recipe = job.recipe
-    devices = recipe.workers  # one GPU per worker with use_gpu, else one CPU worker each
-    wall_seconds = max(elapsed, float(metrics.get("wall_seconds", 0.0)))
-    params = {
+    return {
         **{k: v for k, v in recipe.model_dump(mode="json").items() if k != "corpus"},
         **{f"corpus.{k}": v for k, v in recipe.corpus.model_dump(mode="json").items()},
         "architecture": job.architecture,
@@ -358,19 +539,48 @@ def _run_record(job: PretrainJob, num_rows: int, metrics: dict,
         "tokenizer": job.tokenizer_value,
         "corpus_sequences": num_rows,
     }
-    values = {
-        "wall_seconds": wall_seconds,
-        "step_seconds": float(metrics.get("wall_seconds", 0.0)),
-        "device_hours": wall_seconds / 3600 * devices,
-        "flops": float(metrics.get("flops", 0.0)),
-        "tokens_seen": float(metrics.get("tokens_seen", 0)),
-        "mlm_loss": float(metrics.get("mlm_loss", math.nan)),
-        "steps": float(metrics.get("step", 0)),
-        "devices": float(devices),
-        "resumed_from_step": float(metrics.get("resumed_from_step", 0)),
-        "n_params": float(metrics.get("n_params", 0)),
-    }
-    return params, values
+
+
+def _fit_recording(trainer_for: Callable[[Any], Any], ledger: PretrainLedger,
+                   write: Callable[[dict, dict, int], None],
+                   progress: Callable[[str], None]) -> Any:
+    """``fit()`` the trainer ``trainer_for(queue)`` builds, writing its workers' progress
+    records through ``write`` (from a thread of this driver) as they arrive; the fit's
+    result. Records still queued when the fit returns are written before this returns."""
+    import threading
+
+    import ray
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+    failed: list[str] = []
+
+    def relay() -> None:
+        while True:
+            try:
+                worker = queue.get(timeout=0.5)
+            except Empty:
+                if done.is_set():
+                    return
+                continue
+            try:
+                recorded = ledger.record(worker)
+                if recorded is not None:
+                    write(*recorded, int(worker["step"]))
+            except Exception as exc:  # the record is best effort; the final one is not
+                if not failed:
+                    progress(f"could not record pretraining progress ({exc}); going on")
+                failed.append(str(exc))
+
+    thread = threading.Thread(target=relay, name="pretrain-record", daemon=True)
+    thread.start()
+    try:
+        return trainer_for(queue).fit()
+    finally:
+        done.set()
+        thread.join()
+        ray.kill(queue.actor)
 
 
 def run_pretraining(
@@ -381,14 +591,25 @@ def run_pretraining(
     storage: str | None = None,
     progress: Callable[[str], None] = print,
     extra_tags: dict[str, str] | None = None,
+    prices: dict[str, float] | None = None,
 ) -> PretrainResult:
-    """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key)."""
+    """Pretrain ``job`` on Ray Train (or reuse a finished run with the same key).
+
+    The run's MLflow run is opened first (or found again, unfinished, by its key) and records
+    the cost as the workers report; ``prices`` (per device-hour, by device name or kind, as a
+    study's price table) price it."""
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     from ablate.corpus import prepare_corpus
     from ablate.shards import ShardManifest
     from ablate.tracking.reader import find_finished_pretraining
-    from ablate.tracking.writer import register_pretraining
+    from ablate.tracking.writer import (
+        finish_pretraining,
+        log_pretraining_progress,
+        open_pretraining,
+        pretraining_tags,
+    )
 
     client = MlflowClient(tracking_uri)
     key = job.key
@@ -397,6 +618,15 @@ def run_pretraining(
         progress(f"pretraining {job.name} ({key}) already done: run {finished.info.run_id}")
         return _result_from_run(client, finished, work_dir, reused=True)
 
+    tags = pretraining_tags(key=key, name=job.name, architecture=job.architecture,
+                            tokenizer=job.tokenizer_value,
+                            device_type="gpu" if job.recipe.use_gpu else "cpu",
+                            extra_tags=extra_tags)
+    run_id, recorded = open_pretraining(client, tags=tags,
+                                        run_name=f"{job.name}-{job.architecture}", params={})
+    if recorded:
+        progress(f"pretraining {job.name} ({key}): resuming in run {run_id}, "
+                 f"{recorded.get(MetricName.WALL_SECONDS, 0.0):.0f} s recorded so far")
     progress(f"pretraining {job.name} ({key}): filtering and tokenizing the corpus")
     corpus = prepare_corpus(job.recipe.corpus, seed=job.recipe.seed, gue_dir=job.gue_dir,
                             tokenizer_path=job.tokenizer_path, key=key, work_dir=work_dir,
@@ -405,31 +635,40 @@ def run_pretraining(
         progress(f"pretraining {job.name}: {corpus.leaks.summary()}")
     shard_dir = corpus.path
     manifest = ShardManifest.read(shard_dir)
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000])
+                                     for k, v in _run_params(job, manifest.num_rows).items()])
     storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
-    trainer = _trainer(job, manifest, shard_dir, storage_path)
     progress(
         f"pretraining {job.architecture}/{job.preset} with {job.tokenizer_value} on "
         f"{manifest.num_rows} sequences: {job.recipe.max_steps} steps x {job.recipe.workers} "
         "workers"
     )
+    ledger = PretrainLedger(recorded, prices)
     started = time.perf_counter()
-    result = trainer.fit()
-    elapsed = time.perf_counter() - started
-    if result.checkpoint is None:
-        raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
-    params, values = _run_record(job, manifest.num_rows, result.metrics or {}, elapsed)
+    try:
+        result = _fit_recording(
+            lambda queue: _trainer(job, manifest, shard_dir, storage_path, queue),
+            ledger,
+            lambda metrics, tags, step: log_pretraining_progress(client, run_id, metrics, step,
+                                                                 tags),
+            progress)
+        if result.checkpoint is None or 0 not in ledger.latest:
+            raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")  # resumable: found again by its key
+        raise
+    # The driver's fit beyond what its workers measured (starting them, streaming set-up).
+    overhead = max(0.0, time.perf_counter() - started - ledger.charged)
+    values, final_tags = ledger.metrics(overhead)
     if corpus.leaks is not None:
         values.update(corpus.leaks.as_metrics())
     with result.checkpoint.as_directory() as folder:
-        run_id = register_pretraining(
-            client, key=key, name=job.name, architecture=job.architecture,
-            tokenizer=job.tokenizer_value, device_type="gpu" if job.recipe.use_gpu else "cpu",
-            params=params, metrics=values, model_folder=Path(folder) / MODEL_ARTIFACT,
-            extra_tags=extra_tags,
-        )
+        finish_pretraining(client, run_id, values, Path(folder) / MODEL_ARTIFACT,
+                           step=int(values["steps"]), tags=final_tags)
     progress(
-        f"pretraining {job.name} done: run {run_id}, {values['wall_seconds']:.0f} s, "
-        f"{values['flops']:.3g} FLOPs, final masked-LM loss {values['mlm_loss']:.3f}"
+        f"pretraining {job.name} done: run {run_id}, {values[MetricName.WALL_SECONDS]:.0f} s "
+        f"(+{values[MetricName.LOST_SECONDS]:.0f} s lost), {values[MetricName.FLOPS]:.3g} "
+        f"FLOPs, final masked-LM loss {values[MetricName.MLM_LOSS]:.3f}"
     )
     return _result_from_run(client, client.get_run(run_id), work_dir, reused=False)
 
@@ -485,9 +724,15 @@ def register_external(
     *,
     device_hours: float,
     tracking_uri: str,
+    device: str = "gpu",
+    device_name: str | None = None,
+    price_per_hour: float | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> PretrainResult:
-    """Record an external checkpoint as a pretraining run with its declared cost (once)."""
+    """Record an external checkpoint as a pretraining run with its declared cost (once): its
+    device-hours, of which kind of device (``device``: "gpu" or "cpu"), and when declared the
+    device's name and price per device-hour. A checkpoint declared again with another cost is
+    another run."""
     from mlflow import MlflowClient
 
     from ablate.corpus import file_sha256
@@ -501,12 +746,14 @@ def register_external(
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         digest.update(path.name.encode())
         digest.update(file_sha256(path).encode())
-    key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}"
+    declared = json.dumps([device_hours, device, device_name, price_per_hour])
+    cost = hashlib.sha256(declared.encode()).hexdigest()[:8]
+    key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}-{cost}"
     client = MlflowClient(tracking_uri)
     finished = find_finished_pretraining(client, key)
     run_id = finished.info.run_id if finished is not None else writer.register_external(
-        client, key=key, name=name, folder=folder, device_hours=device_hours,
-        extra_tags=extra_tags)
+        client, key=key, name=name, folder=folder, device_hours=device_hours, device=device,
+        device_name=device_name, price_per_hour=price_per_hour, extra_tags=extra_tags)
     return PretrainResult(
         run_id=run_id, key=key, model_dir=str(folder), wall_seconds=0.0,
         device_hours=float(device_hours), flops=0.0, tokens_seen=0, reused=True,

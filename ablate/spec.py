@@ -221,7 +221,16 @@ class ExternalCheckpoint(_Strict):
     path: str = Field(description="local folder: config.json, weights (pytorch_model.bin or "
                       "model.safetensors), remote code if any")
     tokenizer: str = Field(description="its tokenizer, as an axis value (bpe:PATH)")
-    device_hours: float = Field(ge=0, description="declared pretraining cost")
+    device_hours: float = Field(ge=0, description="declared pretraining cost, in hours of "
+                                "`device` (GPU-hours, or CPU core-hours)")
+    device: Literal["gpu", "cpu"] = Field("gpu", description="the kind of device the declared "
+                                          "device-hours are of")
+    device_name: str | None = Field(None, description="the device it was pretrained on, as "
+                                    "torch names it (e.g. 'NVIDIA A100'); it matches the "
+                                    "study's price table")
+    price_per_hour: float | None = Field(None, ge=0, description="declared price per "
+                                         "device-hour; without it the study's price table "
+                                         "prices it")
     trust_remote_code: bool = False
     search_space: str = Field("transformer", description="the search space file both of its "
                               "cells are searched with (search_spaces/<name>.yaml)")

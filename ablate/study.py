@@ -279,7 +279,8 @@ def _external_sources(spec: StudySpec, cells: list[Cell], tracking_uri: str,
         if name not in registered:
             result = register_external(
                 name, folder, device_hours=external.device_hours, tracking_uri=tracking_uri,
-                extra_tags={Tag.STUDY: spec.name},
+                device=external.device, device_name=external.device_name,
+                price_per_hour=external.price_per_hour, extra_tags={Tag.STUDY: spec.name},
             )
             progress(f"external checkpoint {name}: run {result.run_id}")
             registered[name] = result.run_id
@@ -326,7 +327,7 @@ def pretrain_for_study(
     for key, job in jobs.items():
         result = run_pretraining(
             job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
-            progress=progress, extra_tags={Tag.STUDY: spec.name},
+            progress=progress, extra_tags={Tag.STUDY: spec.name}, prices=dict(spec.prices),
         )
         model_files[key] = _model_files(Path(result.model_dir))
         for cell_name, cell_key in job_of_cell.items():
@@ -519,6 +520,8 @@ def build_tuner(trainable: Any, *, path: str, restore: bool, search_alg: Any,
             storage_path=storage_path,
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Retries are for the infrastructure (a lost node, a crash outside the model): a
+            # model failure (NaN loss, out of memory) ends its trial normally, never retried.
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
             verbose=0,
         ),
@@ -581,6 +584,7 @@ def run_study(
     gue_dir: str | None = None,
     resume: bool = False,
     progress: Callable[[str], None] = print,
+    spec_file: str | Path | None = None,
 ) -> StudyRun:
     """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
 
@@ -588,9 +592,14 @@ def run_study(
     Ray Tune restores its experiment and the searcher's Optuna studies, finished trials are not
     re-run, unfinished ones continue from their last checkpoint, and MLflow runs are found again
     by trial id instead of being created twice.
+
+    The sweep's provenance (``ablate.provenance``: ``spec_file``'s text, search spaces,
+    versions, data hashes, hardware and, at its end, every suggested configuration) goes on
+    one ``Stage.SWEEP`` run of the study's experiment.
     """
     from ray import tune
 
+    from ablate.provenance import record_sweep_end, record_sweep_start
     from ablate.tracking.writer import MLflowTrialLogger, link_pretraining
     from ablate.training import train_trial
 
@@ -604,6 +613,8 @@ def run_study(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     TRIALS_SEEN.clear()
     init_ray(address, spec)
+    provenance_run = record_sweep_start(spec, prepared, sweep, spec_file=spec_file,
+                                        progress=progress)
 
     sources, model_files = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
     plans = cell_plans(spec, prepared, sources)
@@ -637,6 +648,8 @@ def run_study(
         status = "FINISHED"
     finally:
         logger.close_cells(status)
+        record_sweep_end(sweep, provenance_run, status=status, study_seed=spec.seed,
+                         progress=progress)
     return StudyRun(
         experiment_id=sweep.experiment_id,
         sweep=sweep.sweep,

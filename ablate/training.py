@@ -7,9 +7,25 @@ starting point, resources, prices, epoch budget); ``split_arrays`` maps shard-se
 their arrays and ``model_files`` weights keys to pretrained model folders' files, both in Ray's
 object store. All three reach the trainable through ``tune.with_parameters`` (see
 ``ablate.study``). It trains on train, evaluates dev after every epoch and calls ``tune.report``
-with dev metrics, cost (wall seconds, FLOPs, device-hours), the seed and a checkpoint; a
-replicate evaluates its best-on-dev model once on test at the end. Every numeric field it
-reports is logged to MLflow (``ablate.tracking``).
+with dev metrics, cost (wall seconds, FLOPs, device-hours, price, MFU, energy), the seed and a
+checkpoint; a replicate evaluates its best-on-dev model once on test at the end. Every numeric
+field it reports is logged to MLflow (``ablate.tracking``).
+
+Everything that ran is billed. A trial's clock runs from its set-up to its last report and every
+second of it is either compute (``wall_seconds``: set-up, epochs, the test evaluation, which is
+also reported alone as ``test_seconds``) or checkpointing (``checkpoint_seconds``: restoring,
+``torch.save`` and the upload inside ``tune.report``, which is timed after it returns and so
+reaches the next report). ``device_hours`` and ``price`` are charged on both together; the final
+report carries no checkpoint (test is already evaluated), so no upload goes unmeasured. The
+cumulative figures live in the checkpoint, so a restored trial keeps them; the epochs a retry
+runs again are charged on the driver (``lost_seconds``, see ``ablate.tracking.writer``).
+
+A model failure is not a crash. A NaN or infinite training loss, or running out of device
+memory (``torch.OutOfMemoryError``) at the configuration's own batch, ends the trial with one
+last report that carries ``model_failure: 1``, ``failure`` (a ``FailureKind``), its cost so far
+and no test score; the trainable then returns normally, so Tune does not retry what would fail
+the same way again, and the trial counts against its cell. Anything else that raises is the
+infrastructure's: Tune retries it (``FailureConfig.max_failures``).
 
 The task's metric (``CellPlan.metric``: MCC, or macro F1 for virus/covid) is the trial's score:
 every epoch reports it as ``dev_score`` and ``best_dev_score`` (and a replicate ``test_score``)
@@ -47,9 +63,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablate.cost import FLOPS_METHOD, Device, EnergyMeter, cost_metrics, current_device
+from ablate.cost import (
+    FLOPS_METHOD,
+    Device,
+    EnergyMeter,
+    cost_metrics,
+    current_device,
+    price_for,
+)
 from ablate.shards import SplitArrays
-from ablate.trial import CellPlan, TrialConfig
+from ablate.tracking.schema import RESULT_TAGS, FailureKind, MetricName, Tag
+from ablate.trial import FINISHED, CellPlan, TrialConfig
 
 if TYPE_CHECKING:
     from ablate.models.heads import SequenceClassifier
@@ -66,6 +90,16 @@ SCHEDULES = ("linear", "cosine")
 GRAD_CLIP_NORM = 1.0
 # CellPlan.metric -> the field of ``classification_metrics`` it names
 TASK_METRICS = {"mcc": "mcc", "f1_macro": "f1"}
+# The result fields that become tags (``RESULT_TAGS``), by the tag they become.
+RESULT_FIELDS = {tag: field for field, tag in RESULT_TAGS.items()}
+
+
+class ModelFailure(Exception):
+    """The model itself failed (``kind``: a ``FailureKind``), not the machine it ran on."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -351,6 +385,8 @@ class Progress:
 
     ``best_dev_score`` is the best dev score (the task's metric) so far, reached at
     ``best_epoch`` by the model the checkpoint keeps; ``best_dev_mcc`` is that model's dev MCC.
+    ``wall_seconds`` (compute, test included), ``checkpoint_seconds`` and ``test_seconds``
+    are cumulative over every attempt of the trial.
     """
 
     epoch: int = 0
@@ -359,6 +395,8 @@ class Progress:
     best_epoch: int = 0
     wall_seconds: float = 0.0
     flops: float = 0.0
+    checkpoint_seconds: float = 0.0
+    test_seconds: float = 0.0
 
     @staticmethod
     def from_state(state: dict[str, Any], metric: str = "mcc") -> Progress:
@@ -375,7 +413,10 @@ class Progress:
 
 @dataclass
 class TrialRun:
-    """A trial set up to train: its model, optimisation, splits on the device and meters."""
+    """A trial set up to train: its model, optimisation, splits on the device and meters.
+
+    ``clock`` is the ``time.perf_counter()`` up to which the trial's time has been charged
+    (to ``progress.wall_seconds`` or ``progress.checkpoint_seconds``); ``charge`` moves it."""
 
     trial: TrialConfig
     plan: CellPlan
@@ -390,9 +431,10 @@ class TrialRun:
     energy: EnergyMeter
     train_flops_per_sample: float
     eval_flops_per_sample: float
-    setup_seconds: float
+    clock: float
     progress: Progress
     best_model: dict | None = None
+    samples_this_epoch: int = 0  # training samples of the current epoch's finished steps
 
     @property
     def batch_size(self) -> int:
@@ -412,6 +454,15 @@ class TrialRun:
         if self.micro_batch_size is not None:
             return self.micro_batch_size
         return max(self.batch_size, 256)
+
+    def charge(self, account: str = "wall") -> float:
+        """Charge the time since the last charge to ``account`` (``"wall"`` or
+        ``"checkpoint"``); the seconds charged."""
+        now = time.perf_counter()
+        seconds, self.clock = now - self.clock, now
+        name = f"{account}_seconds"
+        setattr(self.progress, name, getattr(self.progress, name) + seconds)
+        return seconds
 
 
 def load_splits(plan: CellPlan, trial: TrialConfig, split_arrays: dict[str, Any],
@@ -443,7 +494,10 @@ def _flops_per_sample(model: Any, split: SplitTensors, batch_size: int, device: 
 
 def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any],
                 model_files: dict[str, Any] | None) -> TrialRun:
-    """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint."""
+    """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint.
+
+    The trial's clock starts here: its set-up is charged as compute, restoring a checkpoint as
+    checkpointing."""
     import torch
 
     from ablate.models.registry import count_parameters
@@ -475,21 +529,23 @@ def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any]
                                                  backward=True),
         eval_flops_per_sample=_flops_per_sample(model, splits["dev"], pass_rows, device,
                                                 backward=False),
-        setup_seconds=0.0, progress=Progress(),
+        clock=setup_start, progress=Progress(),
     )
-    run.setup_seconds = time.perf_counter() - setup_start
     _restore(run)
     return run
 
 
 def _restore(run: TrialRun) -> None:
-    """Continue from the trial's last checkpoint, if Tune hands one over (a retry, a resume)."""
+    """Continue from the trial's last checkpoint, if Tune hands one over (a retry, a resume),
+    with the cost it had charged; this set-up is added to it."""
     import torch
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return
+    setup_seconds = time.perf_counter() - run.clock
+    run.clock = time.perf_counter()
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / "state.pt", map_location=run.device, weights_only=False)
     run.model.load_state_dict(saved["model"])
@@ -497,10 +553,14 @@ def _restore(run: TrialRun) -> None:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.progress = Progress.from_state(saved["state"], run.plan.metric)
     run.best_model = saved["best_model"]
+    run.progress.wall_seconds += setup_seconds
+    run.charge("checkpoint")  # downloading and loading it
 
 
 def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
-    """One pass over train in a seeded order: (mean loss, samples seen, seconds)."""
+    """One pass over train in a seeded order: (mean loss, samples seen, seconds).
+
+    Raises ``ModelFailure`` (``FailureKind.NAN_LOSS``) when the loss is NaN or infinite."""
     import torch
 
     start = time.perf_counter()
@@ -510,6 +570,7 @@ def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
     order = torch.randperm(len(train), generator=generator).to(train.labels.device)
     # Summed on the device and read once per epoch: no host sync per step.
     loss_sum, seen = torch.zeros((), device=device), 0
+    run.samples_this_epoch = 0
     for step in range(math.ceil(len(train) / batch_size)):
         idx = order[step * batch_size : (step + 1) * batch_size]
         loss = train_step(run.model, run.optimizer, train.batch(idx, device), device,
@@ -517,9 +578,11 @@ def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
         run.scheduler.step()
         loss_sum += loss * len(idx)
         seen += len(idx)
+        run.samples_this_epoch = seen
     train_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(train_loss):
-        raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
+        raise ModelFailure(FailureKind.NAN_LOSS,
+                           f"training loss became {train_loss} in epoch {epoch}")
     return train_loss, seen, time.perf_counter() - start
 
 
@@ -535,58 +598,111 @@ def _keep_if_best(run: TrialRun, epoch: int, dev: dict[str, float]) -> None:
         run.progress.best_epoch = epoch
 
 
-def epoch_metrics(run: TrialRun, epoch: int, dev: dict[str, float], train_loss: float,
-                  seen: int, train_seconds: float, epoch_seconds: float,
-                  finished: bool) -> dict[str, Any]:
-    """What a trial reports after an epoch: dev metrics, progress and cost so far."""
+def trial_cost(run: TrialRun) -> dict[str, Any]:
+    """The trial's cost so far, as reported: compute and checkpoint seconds, FLOPs, device-hours
+    and price on both (``cost_metrics`` with ``billed_seconds``), MFU on the compute time,
+    energy where NVML measures it, and where the figures come from (device, price, peak)."""
     import ray
 
     progress, hardware = run.progress, run.hardware
     kwh = run.energy.kwh()
+    _, price_source = price_for(run.plan.prices, hardware.kind, hardware.name)
+    cost = cost_metrics(
+        hardware, wall_seconds=progress.wall_seconds, flops=progress.flops,
+        prices=run.plan.prices,
+        energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
+        billed_seconds=progress.wall_seconds + progress.checkpoint_seconds,
+    )
+    cost.update({
+        MetricName.WALL_SECONDS: progress.wall_seconds,
+        MetricName.CHECKPOINT_SECONDS: progress.checkpoint_seconds,
+        MetricName.FLOPS: progress.flops,
+        RESULT_FIELDS[Tag.NODE_ID]: ray.get_runtime_context().get_node_id(),
+        RESULT_FIELDS[Tag.DEVICE_TYPE]: hardware.kind,
+        RESULT_FIELDS[Tag.DEVICE_NAME]: hardware.name,
+        RESULT_FIELDS[Tag.PEAK_SOURCE]: hardware.peak_source,
+        RESULT_FIELDS[Tag.FLOPS_METHOD]: FLOPS_METHOD,
+        RESULT_FIELDS[Tag.PRICE_SOURCE]: price_source,
+    })
+    if run.trial.evaluate_test:
+        cost[MetricName.TEST_SECONDS] = progress.test_seconds
+    return cost
+
+
+def epoch_metrics(run: TrialRun, epoch: int, dev: dict[str, float], train_loss: float,
+                  seen: int, train_seconds: float, epoch_seconds: float,
+                  finished: bool) -> dict[str, Any]:
+    """What a trial reports after an epoch: dev metrics, progress and cost so far."""
+    progress = run.progress
     return {
-        **cost_metrics(
-            hardware, wall_seconds=progress.wall_seconds, flops=progress.flops,
-            prices=run.plan.prices,
-            energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
-        ),
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "device_type": hardware.kind,
-        "device_name": hardware.name,
-        "peak_source": hardware.peak_source,
-        "flops_method": FLOPS_METHOD,
+        **trial_cost(run),
         "epoch": epoch,
-        "seed": run.trial.seed,
-        "dev_score": task_score(dev, run.plan.metric),
-        "best_dev_score": progress.best_dev_score,
-        "dev_mcc": dev["mcc"],
+        MetricName.SEED: run.trial.seed,
+        MetricName.DEV_SCORE: task_score(dev, run.plan.metric),
+        MetricName.BEST_DEV_SCORE: progress.best_dev_score,
+        MetricName.DEV_MCC: dev["mcc"],
         "dev_accuracy": dev["accuracy"],
         "dev_f1": dev["f1"],
         "dev_loss": dev["loss"],
         "train_loss": train_loss,
-        "best_dev_mcc": progress.best_dev_mcc,
+        MetricName.BEST_DEV_MCC: progress.best_dev_mcc,
         "epoch_seconds": epoch_seconds,
-        "wall_seconds": progress.wall_seconds,
-        "flops": progress.flops,
         "train_samples_per_second": seen / max(train_seconds, 1e-9),
-        "n_params": run.n_params,
+        MetricName.N_PARAMS: run.n_params,
         "best_epoch": progress.best_epoch,
-        "finished": int(finished),
+        FINISHED: int(finished),
+    }
+
+
+def failure_metrics(run: TrialRun, epoch: int, kind: str) -> dict[str, Any]:
+    """The one last report of a trial whose model failed in ``epoch``: its cost so far, its
+    best dev score before the failure (Tune's searcher metric must be in every result) and the
+    failure. No test score: a failed replicate has none."""
+    progress = run.progress
+    return {
+        **trial_cost(run),
+        "epoch": epoch,
+        MetricName.SEED: run.trial.seed,
+        MetricName.BEST_DEV_SCORE: progress.best_dev_score,
+        MetricName.BEST_DEV_MCC: progress.best_dev_mcc,
+        MetricName.N_PARAMS: run.n_params,
+        "best_epoch": progress.best_epoch,
+        FINISHED: 0,
+        MetricName.MODEL_FAILURE: 1,
+        RESULT_FIELDS[Tag.FAILURE]: kind,
     }
 
 
 def _test_metrics(run: TrialRun) -> dict[str, float]:
-    """Test is touched once, by the model chosen on dev."""
+    """Test is touched once, by the model chosen on dev; its time and FLOPs are charged."""
+    start = time.perf_counter()
     run.model.load_state_dict(run.best_model)
     test = evaluate(run.model, run.splits["test"], run.device, batch_size=run.eval_batch_size)
+    run.progress.test_seconds += time.perf_counter() - start
+    run.progress.flops += run.eval_flops_per_sample * len(run.splits["test"])
     return {**{f"test_{k}": v for k, v in test.items()},
-            "test_score": task_score(test, run.plan.metric)}
+            MetricName.TEST_SCORE: task_score(test, run.plan.metric)}
+
+
+def is_final(metrics: dict[str, Any]) -> bool:
+    """Whether a report is the trial's last: it finished, or its model failed."""
+    return bool(metrics.get(FINISHED) or metrics.get(MetricName.MODEL_FAILURE))
 
 
 def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
-    """``tune.report`` the metrics with a checkpoint of the latest state and the best model."""
+    """``tune.report`` the metrics, with a checkpoint of the latest state and the best model
+    unless it is the trial's last report.
+
+    Saving is charged to ``checkpoint_seconds`` before the report (its cost fields are
+    refreshed); the upload inside ``tune.report`` is timed after it returns, so the next report
+    carries it. The last report needs no checkpoint, so no upload of it goes unmeasured."""
     import torch
     from ray import tune
 
+    if is_final(metrics):
+        tune.report(metrics)
+        return
+    run.charge("wall")  # building the metrics
     with tempfile.TemporaryDirectory() as folder:
         torch.save(
             {
@@ -598,7 +714,23 @@ def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
             },
             Path(folder) / "state.pt",
         )
+        run.charge("checkpoint")
+        metrics.update(trial_cost(run))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    run.charge("checkpoint")  # the upload and the local copy's removal: in the next report
+
+
+def _release_memory(run: TrialRun | None = None) -> None:
+    """Free what a failed step left on the device, so the last report can still be made."""
+    import gc
+
+    import torch
+
+    if run is not None:
+        run.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str, Any],
@@ -606,43 +738,82 @@ def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str
     """Ray Tune function trainable; see the module docstring for its arguments."""
     import logging
 
+    import torch
+
     for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
     trial = TrialConfig.from_tune(config)
-    run = setup_trial(trial, plans[trial.cell], split_arrays, model_files)
+    plan = plans[trial.cell]
+    start = time.perf_counter()
+    try:
+        run = setup_trial(trial, plan, split_arrays, model_files)
+    except torch.OutOfMemoryError:
+        # The model (or its FLOP count at the configuration's batch) does not fit the device.
+        _release_memory()
+        report_setup_failure(trial, plan, time.perf_counter() - start)
+        return
     run_epochs(run)
+
+
+def report_setup_failure(trial: TrialConfig, plan: CellPlan, seconds: float,
+                         kind: str = FailureKind.OUT_OF_MEMORY,
+                         report: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """The last report (to ``report``, default ``tune.report``) of a trial whose model failed
+    before its first epoch, ``seconds`` into its set-up."""
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+    hardware = current_device(plan.resources.gpu, plan.resources.cpu)
+    run = TrialRun(trial=trial, plan=plan, hparams={}, device=None, splits={}, model=None,
+                   optimizer=None, scheduler=None, n_params=0, hardware=hardware,
+                   energy=EnergyMeter(), train_flops_per_sample=0.0, eval_flops_per_sample=0.0,
+                   clock=time.perf_counter(), progress=Progress(wall_seconds=seconds))
+    metrics = failure_metrics(run, 1, kind)
+    del metrics[MetricName.N_PARAMS]  # never built
+    report(metrics)
 
 
 def run_epochs(run: TrialRun,
                report: Callable[[TrialRun, dict[str, Any]], None] = report_epoch) -> None:
     """Train the epochs a set-up trial has left, handing each epoch's metrics to ``report``
     (``report_epoch``: to Tune, with a checkpoint), until the epoch budget or dev patience
-    ends it."""
-    trial, plan = run.trial, run.plan
-    setup_seconds = run.setup_seconds
-    for epoch in range(run.progress.epoch + 1, plan.max_epochs + 1):
-        start = time.perf_counter()
-        train_loss, seen, train_seconds = train_epoch(run, epoch)
-        dev = evaluate(run.model, run.splits["dev"], run.device, batch_size=run.eval_batch_size)
-        epoch_seconds = time.perf_counter() - start
+    ends it, or its model fails (``failure_metrics`` is then its last report)."""
+    import torch
 
-        progress = run.progress
-        progress.epoch = epoch
-        # Wall time charged to the trial: its set-up (once per start or restart) and epochs.
-        progress.wall_seconds += epoch_seconds + setup_seconds
-        setup_seconds = 0.0
-        progress.flops += (run.train_flops_per_sample * seen
-                           + run.eval_flops_per_sample * len(run.splits["dev"]))
-        _keep_if_best(run, epoch, dev)
-        # Early stopping on the dev score: the same patience rule in every cell.
-        out_of_patience = (plan.patience is not None
-                           and epoch - progress.best_epoch >= int(plan.patience))
-        finished = epoch >= plan.max_epochs or out_of_patience
-        metrics = epoch_metrics(run, epoch, dev, train_loss, seen, train_seconds,
-                                epoch_seconds, finished)
-        if finished and trial.evaluate_test:
-            metrics.update(_test_metrics(run))
-            metrics["flops"] += run.eval_flops_per_sample * len(run.splits["test"])
+    for epoch in range(run.progress.epoch + 1, run.plan.max_epochs + 1):
+        try:
+            metrics = _epoch(run, epoch)
+        except (ModelFailure, torch.OutOfMemoryError) as failure:
+            kind = failure.kind if isinstance(failure, ModelFailure) else FailureKind.OUT_OF_MEMORY
+            _release_memory(run)
+            # The failed epoch's finished steps ran, and are charged.
+            run.progress.flops += run.train_flops_per_sample * run.samples_this_epoch
+            run.charge("wall")
+            report(run, failure_metrics(run, epoch, kind))
+            return
         report(run, metrics)
-        if finished:
-            break
+        if metrics[FINISHED]:
+            return
+
+
+def _epoch(run: TrialRun, epoch: int) -> dict[str, Any]:
+    """Train and evaluate one epoch (and test, if it is a replicate's last); its metrics."""
+    trial, plan, progress = run.trial, run.plan, run.progress
+    start = time.perf_counter()
+    train_loss, seen, train_seconds = train_epoch(run, epoch)
+    dev = evaluate(run.model, run.splits["dev"], run.device, batch_size=run.eval_batch_size)
+    epoch_seconds = time.perf_counter() - start
+    progress.epoch = epoch
+    progress.flops += (run.train_flops_per_sample * seen
+                       + run.eval_flops_per_sample * len(run.splits["dev"]))
+    run.samples_this_epoch = 0  # charged with the epoch
+    _keep_if_best(run, epoch, dev)
+    # Early stopping on the dev score: the same patience rule in every cell.
+    out_of_patience = (plan.patience is not None
+                       and epoch - progress.best_epoch >= int(plan.patience))
+    finished = epoch >= plan.max_epochs or out_of_patience
+    test = _test_metrics(run) if finished and trial.evaluate_test else {}
+    run.charge("wall")  # set-up (after a start), the epoch, the test
+    return {**epoch_metrics(run, epoch, dev, train_loss, seen, train_seconds, epoch_seconds,
+                            finished), **test}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ablate.shards import TaskInputs
 from ablate.spec import Cell
+from ablate.tracking.schema import MetricName
 
 SourceKind = Literal["scratch", "mlm", "external", "external-config"]
 
@@ -182,13 +183,17 @@ def cell_of(config: dict[str, Any]) -> str | None:
 # The fields of a trial's results that end it by its own rule, and Tune's epoch counter.
 FINISHED = "finished"
 ITERATION = "training_iteration"
+MODEL_FAILURE = MetricName.MODEL_FAILURE
 
 
 def ran_to_end(result: dict, max_epochs: int) -> bool:
     """Whether a trial's last result ends it by its own rule (max epochs or dev patience).
 
-    Anything else that ends a trial early (ASHA) makes it a pruned trial, not a completed one.
+    Anything else that ends a trial early (ASHA) makes it a pruned trial, not a completed one;
+    a trial whose model failed (``model_failure``, even in its last epoch) never ran to its end.
     """
+    if result.get(MODEL_FAILURE):
+        return False
     return bool(result.get(FINISHED)) or int(result.get(ITERATION, 0)) >= max_epochs
 
 

@@ -21,7 +21,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 
 from ablate.spec import Cell, ParamSpec, SearchSpace
-from ablate.tracking.schema import MetricName
+from ablate.tracking.schema import RESULT_TAGS, MetricName, Tag
 from ablate.trial import TrialConfig, cell_of, epochs_done, ran_to_end, search_seed
 
 # The task's own metric (MCC, or macro F1 for virus/covid), best so far on dev.
@@ -31,6 +31,17 @@ MODE = "max"
 # included). Written by CellScheduler, read by CellSearcher. A module-level table rather than a
 # reference between the two, because Tune pickles and restores each of them separately.
 TRIALS_SEEN: dict[str, Any] = {}
+# How many times one slot of a cell is issued again after infrastructure failures, at most: a
+# crash that repeats whatever the trial (a broken node image, say) must not loop forever.
+MAX_REISSUES_PER_SLOT = 2
+_FAILURE_FIELD = {tag: field for field, tag in RESULT_TAGS.items()}[Tag.FAILURE]
+
+
+def model_failure(result: dict | None) -> str | None:
+    """The ``FailureKind`` of a result that reports its model failed, else None."""
+    if not result or not result.get(MetricName.MODEL_FAILURE):
+        return None
+    return str(result.get(_FAILURE_FIELD, "unknown"))
 
 
 def sample_params(trial: optuna.Trial, params: dict[str, ParamSpec]) -> dict[str, Any]:
@@ -95,12 +106,19 @@ class CellSearcher(_PickledState):
     ``Searcher.FINISHED`` once every cell has issued its budget and every trial has been told to
     its study. Trials that ASHA stopped early are told to Optuna as PRUNED (with their last
     value as an intermediate value), not as COMPLETE, so truncated scores never mislead TPE.
-    Errored trials are told as FAIL and count toward the budget: failures are counted, never
-    silently re-rolled.
+
+    Failures are of two kinds. A trial whose *model* failed (its last result carries
+    ``model_failure``: a NaN loss, out of memory at its own batch) counts toward its cell's
+    budget like any other trial and is told as FAIL: it is the arm's failure, never re-rolled.
+    A trial that errored (Tune's retries spent: a lost node, a crash outside the model) is the
+    infrastructure's: told as FAIL (user attribute ``infrastructure``), it leaves the budget and
+    its slot is issued again, at most ``MAX_REISSUES_PER_SLOT`` times per slot, after which the
+    slot stays failed (and the cell's achieved budget shows it).
 
     The n-th trial of every cell fills slot n and trains with seed ``search_seed(seed, n)``;
-    a trial lost when a driver stopped frees its slot, which the next trial of that cell takes
-    with the same seed. ``max_epochs`` is one budget for all cells or a cell -> epochs table.
+    a trial lost when a driver stopped, or failed by the infrastructure, frees its slot, which
+    the next trial of that cell takes with the same seed. ``max_epochs`` is one budget for all
+    cells or a cell -> epochs table.
     """
 
     def __init__(
@@ -135,6 +153,7 @@ class CellSearcher(_PickledState):
         self.free_slots: dict[str, list[int]] = {name: [] for name in self.cell_names}
         self.live: dict[str, _Issued] = {}
         self.known: set[str] = set()  # every Tune trial id this searcher has accounted for
+        self.reissues: dict[str, dict[int, int]] = {name: {} for name in self.cell_names}
         self._reconciled = False
 
     # --- Tune's interface -------------------------------------------------------------------
@@ -182,7 +201,8 @@ class CellSearcher(_PickledState):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         issued = self.live.get(trial_id)
-        if issued is not None and self.metric in result:
+        # A model failure's result repeats the best score so far: not a new intermediate value.
+        if issued is not None and self.metric in result and not model_failure(result):
             self._report(issued, result)
 
     def on_trial_complete(
@@ -192,7 +212,21 @@ class CellSearcher(_PickledState):
         if issued is None:
             return
         study = self.studies[issued.cell]
-        if error or not result or self.metric not in result:
+        if error:
+            issued.trial.set_user_attr("infrastructure", True)
+            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            self._reissue(issued)
+            return
+        failure = model_failure(result)
+        if failure is not None:
+            # Told as FAIL, not as its best dev score so far: the score was reached before the
+            # model diverged (or never, out of memory), and as a value it would rank an
+            # unstable configuration as if it had trained. Optuna's samplers leave FAIL trials
+            # out of their model; the trial still counts toward the cell's budget.
+            issued.trial.set_user_attr("model_failure", failure)
+            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            return
+        if not result or self.metric not in result:
             study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
             return
         # The result that made ASHA stop a trial never reached on_trial_result: record it here.
@@ -201,6 +235,16 @@ class CellSearcher(_PickledState):
             study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
         else:
             study.tell(issued.trial, float(result[self.metric]))
+
+    def _reissue(self, issued: _Issued) -> None:
+        """Free an infrastructure-failed trial's slot for the next trial of its cell, unless
+        the slot has been issued again ``MAX_REISSUES_PER_SLOT`` times already."""
+        counts = self.__dict__.setdefault("reissues", {}).setdefault(issued.cell, {})
+        if counts.get(issued.slot, 0) >= MAX_REISSUES_PER_SLOT:
+            return
+        counts[issued.slot] = counts.get(issued.slot, 0) + 1
+        self.issued[issued.cell] -= 1
+        self.free_slots[issued.cell].append(issued.slot)
 
     @staticmethod
     def _report(issued: _Issued, result: dict) -> None:
@@ -295,13 +339,18 @@ class CellScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         scheduler = self._asha_of(trial)
-        if trial.trial_id not in scheduler._trial_info:
+        # A model failure's result is its last; its best score so far is no rung value.
+        if trial.trial_id not in scheduler._trial_info or model_failure(result):
             return TrialScheduler.CONTINUE
         return scheduler.on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         scheduler = self._asha_of(trial)
-        if trial.trial_id in scheduler._trial_info:
+        if trial.trial_id not in scheduler._trial_info:
+            return
+        if model_failure(result):
+            scheduler.on_trial_remove(tune_controller, trial)
+        else:
             scheduler.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
@@ -318,7 +367,10 @@ class CellScheduler(FIFOScheduler):
 
 
 class TrialProgress(Callback):
-    """Prints one line per finished trial: how far the study is, and how the trial did."""
+    """Prints one line per finished trial: how far the study is, and how the trial did.
+
+    A trial that errored (an infrastructure failure, its retries spent) does not advance the
+    count: a search issues its slot again."""
 
     def __init__(self, total: int, max_epochs: int | dict[str, int],
                  print_fn: Callable[[str], None] = print):
@@ -327,8 +379,8 @@ class TrialProgress(Callback):
         self.print_fn = print_fn
         self.done = 0
 
-    def _line(self, trial: Any, outcome: str) -> None:
-        self.done += 1
+    def _line(self, trial: Any, outcome: str, counted: bool = True) -> None:
+        self.done += int(counted)
         result = trial.last_result or {}
         score = result.get(METRIC)
         score_text = f"{score:.4f}" if isinstance(score, float) else "-"
@@ -346,11 +398,16 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         cell = cell_of(trial.config) or "?"
+        failure = model_failure(trial.last_result)
+        if failure is not None:
+            self._line(trial, f"model failed ({failure})")
+            return
         done = ran_to_end(trial.last_result or {}, self._epochs(cell))
         self._line(trial, "completed" if done else "stopped early")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, f"FAILED ({trial.error_file or 'see Ray logs'})")
+        self._line(trial, f"FAILED, infrastructure ({trial.error_file or 'see Ray logs'})",
+                   counted=False)
 
 
 class FixedConfigs(_PickledState):

@@ -166,10 +166,34 @@ def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
         kill_session(process.pid)  # the driver and the local Ray it started, nothing else
         process.wait()
 
-    resumed = run_cli(["pretrain", str(spec)], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The killed pretraining's run exists, unfinished, with what it had charged so far.
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.data.metrics["resumed_from_step"] >= 10
-    assert run.data.metrics["steps"] == 400
+    (killed,) = client.search_runs([experiment.experiment_id])
+    assert killed.info.status == "RUNNING" and killed.data.tags[Tag.PRETRAIN_KEY]
+    first_attempt = (killed.data.metrics[MetricName.WALL_SECONDS]
+                     + killed.data.metrics[MetricName.CHECKPOINT_SECONDS])
+    assert first_attempt > 0
+    assert killed.data.metrics[MetricName.DEVICE_HOURS] > 0
+
+    resumed = run_cli(["pretrain", str(spec)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, resumed
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["resumed_from_step"] >= 10
+    assert metrics["steps"] == 400
+    # Charged in full: the first attempt's time (what its checkpoint kept, and the lost rest)
+    # and all the second attempt's.
+    second_attempt = (metrics["step_seconds"] + metrics[MetricName.CHECKPOINT_SECONDS]
+                      - metrics["resumed_wall_seconds"] - metrics["resumed_checkpoint_seconds"])
+    # At least the last checkpoint's own save was recorded but not in the state it restored.
+    assert second_attempt > 0 and metrics[MetricName.LOST_SECONDS] > 0
+    billed = (metrics[MetricName.WALL_SECONDS] + metrics[MetricName.CHECKPOINT_SECONDS]
+              + metrics[MetricName.LOST_SECONDS])
+    assert metrics["billed_seconds"] == pytest.approx(billed)
+    assert billed >= first_attempt + second_attempt
+    assert metrics[MetricName.DEVICE_HOURS] == pytest.approx(
+        billed / 3600 * metrics["device_count"])
+    assert run.data.tags[Tag.PRICE_SOURCE] == "unpriced"
+    assert MODEL_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}

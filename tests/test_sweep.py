@@ -90,6 +90,44 @@ def test_stopped_trials_are_pruned_and_errors_fail():
     assert failed.state == optuna.trial.TrialState.FAIL
 
 
+def test_model_failures_count_and_infrastructure_failures_are_issued_again_up_to_a_cap():
+    from ablate.tune_plugins import MAX_REISSUES_PER_SLOT
+
+    searcher = make_searcher(trials=2, concurrent=1)
+    searcher.suggest("diverged")
+    searcher.on_trial_result("diverged", result(0.2, 1))
+    # The model failed: its last result repeats its best score so far, which is no value.
+    searcher.on_trial_complete("diverged", {**result(0.2, 2), MetricName.MODEL_FAILURE: 1,
+                                            "failure": "nan_loss"})
+    (diverged,) = searcher.studies[CELLS[0].name].trials
+    assert diverged.state == optuna.trial.TrialState.FAIL
+    assert diverged.user_attrs["model_failure"] == "nan_loss"
+    assert diverged.intermediate_values == {1: 0.2}
+    assert searcher.issued[CELLS[0].name] == 1  # it counts: the cell has one trial left
+    # A trial that errored (Tune's retries spent) frees its slot, with its seed, a few times.
+    crashes = []
+    while True:
+        config = searcher.suggest(f"crash{len(crashes)}")
+        if config["cell"] != CELLS[1].name:
+            searcher.on_trial_complete(f"crash{len(crashes)}", result(0.5, 4))
+            continue
+        if len(crashes) > MAX_REISSUES_PER_SLOT:
+            break
+        crashes.append(config)
+        searcher.on_trial_complete(f"crash{len(crashes) - 1}", error=True)
+    assert len(crashes) == MAX_REISSUES_PER_SLOT + 1
+    assert {(c["slot"], c["seed"]) for c in crashes} == {(0, crashes[0]["seed"])}
+    # Past the cap the slot stays failed (and counted): the cell's next trial is its last.
+    assert config["slot"] == 1
+    searcher.on_trial_complete(f"crash{len(crashes)}", result(0.5, 4))
+    assert searcher.issued[CELLS[1].name] == 2
+    assert searcher.suggest("more") == Searcher.FINISHED
+    states = [(t.state, t.user_attrs.get("infrastructure")) for t in
+              searcher.studies[CELLS[1].name].trials]
+    assert states == [(optuna.trial.TrialState.FAIL, True)] * (MAX_REISSUES_PER_SLOT + 1) + [
+        (optuna.trial.TrialState.COMPLETE, None)]
+
+
 def test_same_seed_same_suggestions_in_every_cell():
     first, second = make_searcher(seed=7), make_searcher(seed=7)
     a = [first.suggest(f"x{i}")["hparams"] for i in range(2)]

@@ -177,3 +177,38 @@ def test_study_survives_a_tracking_server_restart(tmp_path):
             assert run.info.status == "FINISHED"
     finally:
         stop_server(server)
+
+
+def test_external_checkpoints_name_their_device_and_declared_price(tmp_path):
+    from mlflow import MlflowClient
+
+    from ablate.pretrain import register_external
+    from ablate.spec import ExternalCheckpoint
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    declared = ExternalCheckpoint(path=str(folder), tokenizer="bpe:x", device_hours=2688,
+                                  device_name="NVIDIA GeForce RTX 2080 Ti", price_per_hour=0.5)
+    assert declared.device == "gpu"
+    priced = register_external("dnabert2", folder, device_hours=declared.device_hours,
+                               device=declared.device, device_name=declared.device_name,
+                               price_per_hour=declared.price_per_hour, tracking_uri=uri)
+    bare = register_external("dnabert2", folder, device_hours=2688, device="cpu",
+                             tracking_uri=uri)
+    assert bare.run_id != priced.run_id  # another declared cost, another run
+    again = register_external("dnabert2", folder, device_hours=2688, device="cpu",
+                              tracking_uri=uri)
+    assert again.run_id == bare.run_id  # registered once
+    client = MlflowClient(uri)
+    run = client.get_run(priced.run_id)
+    assert run.data.tags[Tag.DEVICE_TYPE] == "gpu"
+    assert run.data.tags[Tag.DEVICE_NAME] == "NVIDIA GeForce RTX 2080 Ti"
+    assert run.data.tags[Tag.PRICE_SOURCE] == "declared"
+    assert run.data.metrics[MetricName.DEVICE_HOURS] == 2688
+    assert run.data.metrics[MetricName.PRICE] == pytest.approx(2688 * 0.5)
+    run = client.get_run(bare.run_id)
+    assert run.data.tags[Tag.DEVICE_TYPE] == "cpu"
+    assert Tag.DEVICE_NAME not in run.data.tags and Tag.PRICE_SOURCE not in run.data.tags
+    assert MetricName.PRICE not in run.data.metrics  # priced by the study's table, later

@@ -349,3 +349,65 @@ def test_external_checkpoint_and_its_random_init_twin(tmp_path, kind):
     assert 0.3 in dropouts  # the searched dropout reaches the backbone
     with pytest.raises(Exception, match="model_params"):
         build_model(plan, tiny_trial(model_params={"n_layers": 1}), {"ckpt": files})
+
+
+def test_a_nan_loss_ends_the_trial_with_one_report_of_its_failure(local_ray):
+    from ablate.tracking.schema import FailureKind, MetricName
+    from ablate.training import run_epochs, setup_trial
+    from ablate.trial import ran_to_end
+
+    # A learning rate this large blows the weights up at the first step.
+    run = setup_trial(tiny_trial("replicate", learning_rate=1e30), tiny_plan("cnn", max_epochs=3),
+                      tiny_arrays(), None)
+    reports = []
+    run_epochs(run, report=lambda _run, metrics: reports.append(dict(metrics)))
+    (failed,) = reports
+    assert failed[MetricName.MODEL_FAILURE] == 1 and failed["failure"] == FailureKind.NAN_LOSS
+    assert failed["epoch"] == 1 and failed["finished"] == 0
+    assert MetricName.TEST_SCORE not in failed and MetricName.DEV_SCORE not in failed
+    assert failed[MetricName.BEST_DEV_SCORE] == -1.0  # no epoch reached dev
+    # Its cost so far: set-up and the failed epoch, whose steps all ran.
+    assert failed[MetricName.WALL_SECONDS] > 0 and failed[MetricName.DEVICE_HOURS] > 0
+    assert failed[MetricName.FLOPS] == pytest.approx(run.train_flops_per_sample * 12)
+    # Even at its last epoch, a failed model never ran to its end (no replicate, no COMPLETE).
+    assert not ran_to_end({**failed, "training_iteration": 3}, 3)
+
+
+def test_out_of_memory_at_its_own_batch_is_a_model_failure(local_ray):
+    from ablate.tracking.schema import FailureKind, MetricName
+    from ablate.training import run_epochs, setup_trial
+
+    run = setup_trial(tiny_trial(), tiny_plan(max_epochs=3), tiny_arrays(), None)
+    reports = []
+
+    def exhausted(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def report(run, metrics):
+        reports.append(dict(metrics))
+        run.model.register_forward_pre_hook(exhausted)  # the next epoch's batch does not fit
+
+    run_epochs(run, report)
+    first, failed = reports
+    assert failed["failure"] == FailureKind.OUT_OF_MEMORY and failed["epoch"] == 2
+    assert failed[MetricName.MODEL_FAILURE] == 1
+    assert failed[MetricName.BEST_DEV_SCORE] == first[MetricName.BEST_DEV_SCORE]
+    assert failed[MetricName.WALL_SECONDS] >= first[MetricName.WALL_SECONDS]
+    assert failed[MetricName.FLOPS] == first[MetricName.FLOPS]  # no step of epoch 2 finished
+
+
+def test_a_model_too_large_for_its_device_fails_in_its_set_up(local_ray):
+    from ablate.tracking.schema import FailureKind, MetricName
+    from ablate.training import report_setup_failure
+    from ablate.trial import ran_to_end
+
+    reports = []
+    report_setup_failure(tiny_trial(), tiny_plan(max_epochs=3), 2.5, report=reports.append)
+    (failed,) = reports
+    assert failed["failure"] == FailureKind.OUT_OF_MEMORY
+    assert failed[MetricName.MODEL_FAILURE] == 1 and failed["epoch"] == 1
+    assert failed[MetricName.WALL_SECONDS] == 2.5  # its set-up is charged
+    assert failed[MetricName.DEVICE_HOURS] == pytest.approx(2.5 / 3600 * failed["device_count"])
+    assert MetricName.N_PARAMS not in failed  # it was never built
+    assert MetricName.BEST_DEV_SCORE in failed  # Tune's searcher metric is in every result
+    assert not ran_to_end(failed, 3)

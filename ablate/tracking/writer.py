@@ -3,7 +3,8 @@ pretraining runs and external checkpoints.
 
 Trials never talk to MLflow: they report to Ray Tune, and ``MLflowTrialLogger`` (a Tune callback
 running in the driver) writes everything. Concurrent trials therefore never contend for the
-embedded SQLite file, and the same code works against a remote tracking server.
+embedded SQLite file, and the same code works against a remote tracking server. Pretraining
+runs are written the same way, from the driver, as its Ray Train workers report.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ray.tune.result import (
     TRIAL_ID,
 )
 
+from ablate.cost import price_for
 from ablate.errors import AblateError
 from ablate.tracking.reader import find_runs
 from ablate.tracking.schema import (
@@ -32,6 +34,7 @@ from ablate.tracking.schema import (
     PRETRAIN_EXPERIMENT,
     RESULT_TAGS,
     SCHEMA_VERSION,
+    FailureKind,
     MetricName,
     Outcome,
     Stage,
@@ -48,6 +51,11 @@ if TYPE_CHECKING:
 # a trial reports is logged as a metric, so a new one never silently stays out of MLflow.
 TUNE_FIELDS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT,
                                              "warmup_time"}
+# Fields of ``ablate.cost.cost_metrics``: the share of devices a trial's cost is charged on,
+# and the seconds charged.
+DEVICE_COUNT = "device_count"
+BILLED_SECONDS = "billed_seconds"
+RESULT_FIELDS = {tag: field for field, tag in RESULT_TAGS.items()}
 
 
 def logged_metrics(result: dict) -> dict[str, float]:
@@ -141,12 +149,29 @@ def with_retry(call: Callable[[], Any], *, limit_seconds: float, what: str) -> A
             delay = min(delay * 2, 30.0)
 
 
+def failure_charge(seconds: float, device_count: float, price_per_hour: float | None
+                   ) -> tuple[float, float | None]:
+    """(device-hours, price) of ``seconds`` lost on ``device_count`` devices."""
+    hours = seconds / 3600 * device_count
+    return hours, None if price_per_hour is None else hours * price_per_hour
+
+
 class MLflowTrialLogger(Callback):
     """Ray Tune callback that writes every trial as a child run of its cell's MLflow run.
 
     Every write is queued, in order, and sent with retries; if MLflow stays unreachable past
     ``retry_seconds`` the queue is saved to ``spool_path`` and ``TrackingUnavailable`` stops the
     study. ``ablate run --resume`` sends the saved queue first, so no metric is ever dropped.
+
+    Outcomes: ``Outcome.COMPLETED`` or ``PRUNED``; ``MODEL_FAILED`` (run status FAILED,
+    ``Tag.FAILURE`` the ``FailureKind``) when the trial's last result says its model failed;
+    ``FAILED`` with ``FailureKind.INFRASTRUCTURE`` when it errored after its retries.
+
+    Work lost to a crash is charged here, since the trial cannot see it: when a trial fails
+    (``on_trial_recover`` before a retry, ``on_trial_error`` after the last), the time from its
+    last result (or its start) to the failure is added to its cumulative ``lost_seconds``, and
+    from then on the ``device_hours`` and ``price`` logged for it include the lost time on the
+    devices it reported (``device_count``), priced by the plan's price table.
     """
 
     def __init__(
@@ -173,6 +198,8 @@ class MLflowTrialLogger(Callback):
         self._pending: list[dict] = []
         self._trial_runs: dict[str, str] = {}
         self._logged_step: dict[str, int] = {}
+        self._lost: dict[str, float] = {}  # trial id -> lost seconds charged (as written)
+        self._last_seen: dict[str, float] = {}  # trial id -> time of its last result or failure
         self._client = None
 
     @property
@@ -186,6 +213,8 @@ class MLflowTrialLogger(Callback):
     # --- the queue -------------------------------------------------------------------------
 
     def setup(self, **info: Any) -> None:
+        # A restored driver's clock of an earlier session would charge its downtime.
+        self._last_seen.clear()
         self.load_spool()
 
     def load_spool(self) -> None:
@@ -224,22 +253,65 @@ class MLflowTrialLogger(Callback):
     # --- writes ----------------------------------------------------------------------------
 
     def _apply(self, op: dict) -> None:
-        run_id = self._run_for(op)
-        if op["op"] == "metrics":
-            from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag
 
+        run_id = self._run_for(op)
+        trial_id = op["trial_id"]
+        if op["op"] == "metrics":
             step = op["step"]
-            if step <= self._logged_step.get(op["trial_id"], 0):
+            if step <= self._logged_step.get(trial_id, 0):
                 return
-            metrics = [Metric(k, v, op["time"], step) for k, v in op["metrics"].items()]
+            values = self._with_lost(trial_id, op["metrics"], op.get("device"))
+            metrics = [Metric(k, v, op["time"], step) for k, v in values.items()]
             tags = [RunTag(k, v) for k, v in op["tags"].items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            self._logged_step[op["trial_id"]] = step
+            self._logged_step[trial_id] = step
+        elif op["op"] == "charge":
+            # Lost work: charged at the trial's latest step, so its latest figures include it.
+            self._lost[trial_id] = self._lost.get(trial_id, 0.0) + op["seconds"]
+            values = self._with_lost(trial_id, op["metrics"], op.get("device"))
+            step = self._logged_step.get(trial_id, 0)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, op["time"], step)
+                                                   for k, v in values.items()])
         elif op["op"] == "retry":
             self.client.set_tag(run_id, Tag.RETRIES, str(op["retries"]))
         elif op["op"] == "end":
-            self.client.set_tag(run_id, Tag.OUTCOME, op["outcome"])
+            tags = {Tag.OUTCOME: op["outcome"], **op.get("end_tags", {})}
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(run_id, status=op["status"])
+
+    def _with_lost(self, trial_id: str, metrics: dict[str, float],
+                   device: dict[str, Any] | None) -> dict[str, float]:
+        """A trial's cost metrics as logged: with its lost seconds charged, if any."""
+        lost = self._lost.get(trial_id, 0.0)
+        if lost <= 0:
+            return metrics
+        out = {**metrics, MetricName.LOST_SECONDS: lost}
+        if BILLED_SECONDS in metrics:
+            out[BILLED_SECONDS] = metrics[BILLED_SECONDS] + lost
+        if device is None:  # a write queued by an older version: the seconds alone
+            return out
+        hours, price = failure_charge(lost, device["count"], device["price_per_hour"])
+        if MetricName.DEVICE_HOURS in metrics:
+            out[MetricName.DEVICE_HOURS] = metrics[MetricName.DEVICE_HOURS] + hours
+        if price is not None and MetricName.PRICE in metrics:
+            out[MetricName.PRICE] = metrics[MetricName.PRICE] + price
+        return out
+
+    def _device(self, trial: Any, result: dict | None) -> dict[str, Any]:
+        """The devices a trial is charged on and their price per hour, from its result (or,
+        before its first, from its cell's resources)."""
+        plan = self.plans[TrialConfig.from_tune(trial.config).cell]
+        result = result or {}
+        if DEVICE_COUNT in result:
+            count = float(result[DEVICE_COUNT])
+            kind = str(result.get(RESULT_FIELDS[Tag.DEVICE_TYPE], "cpu"))
+            name = str(result.get(RESULT_FIELDS[Tag.DEVICE_NAME], kind))
+        else:
+            gpu = plan.resources.gpu
+            count, kind = (gpu, "gpu") if gpu else (plan.resources.cpu, "cpu")
+            name = kind
+        return {"count": count, "price_per_hour": price_for(plan.prices, kind, name)[0]}
 
     def _run_for(self, op: dict) -> str:
         """The MLflow run of a trial, created on first sight (or found again after a resume)."""
@@ -258,6 +330,9 @@ class MLflowTrialLogger(Callback):
             # Resumed: epochs already logged are not logged again when the trial repeats them.
             history = self.client.get_metric_history(run_id, MetricName.DEV_MCC)
             self._logged_step[trial_id] = max((m.step for m in history), default=0)
+            # ... and the lost time charged before goes on being charged.
+            self._lost[trial_id] = float(found[0].data.metrics.get(MetricName.LOST_SECONDS,
+                                                                   0.0))
         else:
             from mlflow.entities import Param, RunTag
 
@@ -300,11 +375,13 @@ class MLflowTrialLogger(Callback):
     # --- Tune's callback interface ------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._last_seen.setdefault(trial.trial_id, time.time())
         self._enqueue({"op": "start", **self._describe(trial)})
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        self._last_seen[trial.trial_id] = time.time()
         metrics = logged_metrics(result)
         tags = {tag: str(result[key]) for key, tag in RESULT_TAGS.items() if key in result}
         self._enqueue({
@@ -314,22 +391,46 @@ class MLflowTrialLogger(Callback):
             "time": int(time.time() * 1000),
             "metrics": metrics,
             "tags": tags,
+            "device": self._device(trial, result),
         })
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         plan = self.plans[TrialConfig.from_tune(trial.config).cell]
-        done = ran_to_end(trial.last_result or {}, plan.max_epochs)
+        result = trial.last_result or {}
+        failure = result.get(RESULT_FIELDS[Tag.FAILURE])
+        if result.get(MetricName.MODEL_FAILURE):
+            self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
+                           "outcome": Outcome.MODEL_FAILED,
+                           "end_tags": {Tag.FAILURE: str(failure)}})
+            return
+        done = ran_to_end(result, plan.max_epochs)
         self._enqueue({"op": "end", **self._describe(trial), "status": "FINISHED",
                        "outcome": Outcome.COMPLETED if done else Outcome.PRUNED})
 
+    def _charge_failure(self, trial: Any) -> None:
+        """Charge the time from the trial's last result (or start) to now as lost."""
+        now = time.time()
+        since = self._last_seen.get(trial.trial_id, now)
+        self._last_seen[trial.trial_id] = now
+        result = trial.last_result or {}
+        cost = {k: v for k, v in logged_metrics(result).items()
+                if k in (MetricName.DEVICE_HOURS, MetricName.PRICE, BILLED_SECONDS)}
+        self._enqueue({"op": "charge", **self._describe(trial), "seconds": max(now - since, 0.0),
+                       "time": int(now * 1000), "metrics": cost,
+                       "device": self._device(trial, result)})
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # A crashed trial (e.g. its node was lost) restarts from its checkpoint: count it.
+        # A crashed trial (e.g. its node was lost) restarts from its checkpoint: count it, and
+        # charge the work since its last result, which it will run again.
+        self._charge_failure(trial)
         self._enqueue({"op": "retry", **self._describe(trial),
                        "retries": int(getattr(trial, "num_failures", 0))})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._charge_failure(trial)
         self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
-                       "outcome": Outcome.FAILED})
+                       "outcome": Outcome.FAILED,
+                       "end_tags": {Tag.FAILURE: FailureKind.INFRASTRUCTURE}})
 
     def close_lost_runs(self) -> int:
         """Close the runs of trials a killed driver started but Tune never saved; how many.
@@ -391,24 +492,86 @@ def trial_tags(plan: CellPlan, config: TrialConfig) -> dict[str, str]:
 # --- pretraining runs ------------------------------------------------------------------------
 
 
+def _pretrain_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {Tag.STAGE: Stage.PRETRAIN, **version_tag(), **tags}
+
+
 def _pretrain_run(client: Any, tags: dict[str, str], run_name: str, params: dict[str, Any],
                   metrics: dict[str, float], model_folder: Path | None = None) -> str:
     """A finished run in ``PRETRAIN_EXPERIMENT`` with these tags, params, metrics (and model)."""
-    from mlflow.entities import Metric, Param
+    run_id = _create_pretrain_run(client, tags, run_name, params)
+    finish_pretraining(client, run_id, metrics, model_folder)
+    return run_id
+
+
+def _create_pretrain_run(client: Any, tags: dict[str, str], run_name: str,
+                         params: dict[str, Any]) -> str:
+    from mlflow.entities import Param
 
     experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-    tags = {Tag.STAGE: Stage.PRETRAIN, **version_tag(), **tags}
-    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+    run_id = client.create_run(experiment_id, tags=_pretrain_tags(tags),
+                               run_name=run_name).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run_id
+
+
+def pretraining_tags(*, key: str, name: str, architecture: str, tokenizer: str,
+                     device_type: str, extra_tags: dict[str, str] | None = None
+                     ) -> dict[str, str]:
+    """The tags of a pretraining run (its key first: a resume finds the run by it)."""
+    return {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.ARCHITECTURE: architecture,
+            Tag.TOKENIZER: tokenizer, Tag.DEVICE_TYPE: device_type, **(extra_tags or {})}
+
+
+def find_unfinished_pretraining(client: Any, key: str) -> Any | None:
+    """The most recent pretraining run with this key that did not finish (killed, failed or
+    still marked running), if any: a resumed pretraining goes on recording into it."""
+    experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"{tag_filter(Tag.PRETRAIN_KEY, key)} and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
+    return found[0] if found else None
+
+
+def open_pretraining(client: Any, *, tags: dict[str, str], run_name: str,
+                     params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """The RUNNING run of a pretraining that starts or resumes: the unfinished run with its key
+    (``tags[Tag.PRETRAIN_KEY]``), marked running again, or a new one. Returns its id and the
+    latest metrics it recorded (empty for a new run)."""
+    found = find_unfinished_pretraining(client, tags[Tag.PRETRAIN_KEY])
+    if found is None:
+        return _create_pretrain_run(client, tags, run_name, params), {}
+    client.update_run(found.info.run_id, status="RUNNING")
+    for tag, value in tags.items():
+        client.set_tag(found.info.run_id, tag, value)
+    return found.info.run_id, dict(found.data.metrics)
+
+
+def log_pretraining_progress(client: Any, run_id: str, metrics: dict[str, float],
+                             step: int, tags: dict[str, str] | None = None) -> None:
+    """Record a pretraining's progress and cost so far (step = optimizer step)."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
+                                      for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+
+
+def finish_pretraining(client: Any, run_id: str, metrics: dict[str, float],
+                       model_folder: Path | None = None, step: int | None = None,
+                       tags: dict[str, str] | None = None) -> None:
+    """Log a pretraining's final metrics (at ``step``, default 0), tags and model folder, and
+    mark its run FINISHED (only then is it reused as a checkpoint)."""
+    log_pretraining_progress(client, run_id, metrics, step or 0, tags)
     if model_folder is not None:
         client.log_artifacts(run_id, str(model_folder), MODEL_ARTIFACT)
     client.set_terminated(run_id, status="FINISHED")
-    return run_id
 
 
 def register_pretraining(
@@ -424,9 +587,10 @@ def register_pretraining(
     model_folder: Path,
     extra_tags: dict[str, str] | None = None,
 ) -> str:
-    """Record a finished pretraining: its key, cost metrics and model folder; its run id."""
-    tags = {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.ARCHITECTURE: architecture,
-            Tag.TOKENIZER: tokenizer, Tag.DEVICE_TYPE: device_type, **(extra_tags or {})}
+    """Record a finished pretraining in one go: its key, cost metrics and model folder; its
+    run id. (``ablate.pretrain`` opens its run at the start instead, see ``open_pretraining``.)"""
+    tags = pretraining_tags(key=key, name=name, architecture=architecture, tokenizer=tokenizer,
+                            device_type=device_type, extra_tags=extra_tags)
     return _pretrain_run(client, tags, f"{name}-{architecture}", params, metrics, model_folder)
 
 
@@ -437,11 +601,25 @@ def register_external(
     name: str,
     folder: Path,
     device_hours: float,
+    device: str = "gpu",
+    device_name: str | None = None,
+    price_per_hour: float | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> str:
-    """Record an external checkpoint as a pretraining run with its declared cost; its run id."""
+    """Record an external checkpoint as a pretraining run with its declared cost; its run id.
+
+    The cost names its device kind (``Tag.DEVICE_TYPE``: ``"gpu"`` or ``"cpu"``, so GPU-hours
+    are never added to CPU core-hours) and, when declared, the device's name
+    (``Tag.DEVICE_NAME``) and ``MetricName.PRICE`` = device-hours x ``price_per_hour``
+    (``Tag.PRICE_SOURCE`` ``"declared"``); without a declared price the analysis prices it
+    from the study's price table."""
     tags = {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.PRETRAIN_KIND: "external",
-            Tag.ARCHITECTURE: "transformer", **(extra_tags or {})}
+            Tag.ARCHITECTURE: "transformer", Tag.DEVICE_TYPE: device, **(extra_tags or {})}
+    if device_name:
+        tags[Tag.DEVICE_NAME] = device_name
+    metrics = {MetricName.DEVICE_HOURS: float(device_hours)}
+    if price_per_hour is not None:
+        metrics[MetricName.PRICE] = float(device_hours) * float(price_per_hour)
+        tags[Tag.PRICE_SOURCE] = "declared"
     return _pretrain_run(client, tags, f"external-{name}",
-                         {"path": folder, "cost_source": "declared"},
-                         {MetricName.DEVICE_HOURS: float(device_hours)})
+                         {"path": folder, "cost_source": "declared"}, metrics)
