@@ -166,13 +166,18 @@ def _exposure_text(row) -> str:
     return f"; {EXPOSURE_MARK} {EXPOSURE_TEXT}" if row.exposure_unknown else ""
 
 
-def _sentence(row) -> str:
-    head = (f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
-            f"{_arm(row.baseline, bool(row.baseline_extension))} ({_fixed(row)})")
+def _comparison_text(head: str, row) -> str:
+    """A comparison or contrast row in words, after its ``head`` (what is compared)."""
     if row.verdict == "refused":
         return f"{head}: {verdict_text(row)}{_refused_text(row)}"
     return (f"{head}: {_stats_text(row)}; {_size_text(row)}: {verdict_text(row)}"
             f"{_exposure_text(row)}{_refused_text(row)}")
+
+
+def _sentence(row) -> str:
+    return _comparison_text(f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
+                            f"{_arm(row.baseline, bool(row.baseline_extension))} "
+                            f"({_fixed(row)})", row)
 
 
 def _refused_text(row) -> str:
@@ -181,12 +186,8 @@ def _refused_text(row) -> str:
 
 
 def _contrast_sentence(row) -> str:
-    head = (f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
-            f"{_arm(row.control, bool(row.baseline_extension))}")
-    if row.verdict == "refused":
-        return f"{head}: {verdict_text(row)}{_refused_text(row)}"
-    return (f"{head}: {_stats_text(row)}; {_size_text(row)}: {verdict_text(row)}"
-            f"{_exposure_text(row)}{_refused_text(row)}")
+    return _comparison_text(f"{_arm(row.treatment, bool(row.treatment_extension))} vs "
+                            f"{_arm(row.control, bool(row.baseline_extension))}", row)
 
 
 def tally(rows: pd.DataFrame, family_size: int, what: str = "comparison") -> str:

@@ -108,18 +108,30 @@ def runs(tracking_uri: str, study: str, sweep: str | None = None) -> pd.DataFram
     return frame
 
 
-def find_finished_pretraining(client: Any, key: str) -> Any | None:
-    """The most recent FINISHED pretraining run with this key, if any."""
+def _latest_pretraining(client: Any, key: str, status: str) -> Any | None:
+    """The most recent pretraining run with this key whose status matches ``status`` (an
+    MLflow filter on ``attributes.status``), if any."""
     experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
     if experiment is None:
         return None
     found = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"{tag_filter(Tag.PRETRAIN_KEY, key)} and attributes.status = 'FINISHED'",
+        filter_string=f"{tag_filter(Tag.PRETRAIN_KEY, key)} and attributes.status {status}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return found[0] if found else None
+
+
+def find_finished_pretraining(client: Any, key: str) -> Any | None:
+    """The most recent FINISHED pretraining run with this key, if any."""
+    return _latest_pretraining(client, key, "= 'FINISHED'")
+
+
+def find_unfinished_pretraining(client: Any, key: str) -> Any | None:
+    """The most recent pretraining run with this key that did not finish (killed, failed or
+    still marked running), if any: a resumed pretraining goes on recording into it."""
+    return _latest_pretraining(client, key, "!= 'FINISHED'")
 
 
 # --- a sweep's provenance run (Stage.SWEEP) ---------------------------------------------------

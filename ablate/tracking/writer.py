@@ -28,7 +28,7 @@ from ray.tune.result import (
 
 from ablate.cost import price_for
 from ablate.errors import AblateError
-from ablate.tracking.reader import find_runs
+from ablate.tracking.reader import find_runs, find_unfinished_pretraining
 from ablate.tracking.schema import (
     MODEL_ARTIFACT,
     PRETRAIN_EXPERIMENT,
@@ -521,21 +521,6 @@ def pretraining_tags(*, key: str, name: str, architecture: str, tokenizer: str,
     """The tags of a pretraining run (its key first: a resume finds the run by it)."""
     return {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.ARCHITECTURE: architecture,
             Tag.TOKENIZER: tokenizer, Tag.DEVICE_TYPE: device_type, **(extra_tags or {})}
-
-
-def find_unfinished_pretraining(client: Any, key: str) -> Any | None:
-    """The most recent pretraining run with this key that did not finish (killed, failed or
-    still marked running), if any: a resumed pretraining goes on recording into it."""
-    experiment = client.get_experiment_by_name(PRETRAIN_EXPERIMENT)
-    if experiment is None:
-        return None
-    found = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"{tag_filter(Tag.PRETRAIN_KEY, key)} and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return found[0] if found else None
 
 
 def open_pretraining(client: Any, *, tags: dict[str, str], run_name: str,
