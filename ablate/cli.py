@@ -8,6 +8,7 @@ fast.
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Inspect GUE folders and generate synthetic GUE-shaped data.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect GUE folders and generate synthetic GUE-shaped data.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -87,9 +89,7 @@ def data_check(
     table.add_column("status")
     table.add_column("dev/test also in train", justify="right")
     for status in statuses:
-        counts = [
-            "missing" if status.rows[s] is None else f"{status.rows[s]:,}" for s in SPLITS
-        ]
+        counts = ["missing" if status.rows[s] is None else f"{status.rows[s]:,}" for s in SPLITS]
         state = "complete" if status.complete else f"incomplete ({', '.join(status.missing)})"
         leak = " / ".join(str(status.in_train.get(s, "-")) for s in ("dev", "test"))
         table.add_row(status.key, *counts, state, leak if status.in_train else "-")
@@ -118,8 +118,10 @@ def _print_overlap(console: Any, overlap: Any) -> None:
     from rich.table import Table
 
     if not overlap.pairs:
-        console.print("no dev/test row of any dataset equals or lies inside a train row of "
-                      f"another ({overlap.seconds:.1f} s)")
+        console.print(
+            "no dev/test row of any dataset equals or lies inside a train row of "
+            f"another ({overlap.seconds:.1f} s)"
+        )
         return
 
     def cell(pair: Any, split: str, strand: int) -> str:
@@ -128,17 +130,23 @@ def _print_overlap(console: Any, overlap: Any) -> None:
         found = pair.hits[split][strand]
         return f"{found:,}/{pair.rows[split]:,}" if found else "0"
 
-    table = Table(title="dev/test rows of A equal to or inside train rows of B "
-                        "(rev. comp.: the reverse complement is)")
+    table = Table(
+        title="dev/test rows of A equal to or inside train rows of B "
+        "(rev. comp.: the reverse complement is)"
+    )
     for column in ("A (dev/test)", "B (train)"):
         table.add_column(column)
     for column in ("dev", "test", "dev rev. comp.", "test rev. comp."):
         table.add_column(column, justify="right")
     for pair in sorted(overlap.pairs, key=lambda p: (p.held_out, p.train)):
-        table.add_row(pair.held_out, pair.train + (" (itself)" if pair.train == pair.held_out
-                                                   else ""),
-                      cell(pair, "dev", 0), cell(pair, "test", 0),
-                      cell(pair, "dev", 1), cell(pair, "test", 1))
+        table.add_row(
+            pair.held_out,
+            pair.train + (" (itself)" if pair.train == pair.held_out else ""),
+            cell(pair, "dev", 0),
+            cell(pair, "test", 0),
+            cell(pair, "dev", 1),
+            cell(pair, "test", 1),
+        )
     console.print(table)
     across = sorted({p.held_out for p in overlap.pairs if p.train != p.held_out})
     console.print(
@@ -157,11 +165,20 @@ def _print_caveats(console: Any, caveats: list) -> None:
     def pct(values: dict, split: str) -> str:
         return f"{values[split]:.1%}" if split in values else "-"
 
-    table = Table(title="negatives with exactly the dinucleotide composition of a positive "
-                        "(chance: positives matching another positive)")
+    table = Table(
+        title="negatives with exactly the dinucleotide composition of a positive "
+        "(chance: positives matching another positive)"
+    )
     table.add_column("dataset")
-    for column in ("train", "dev", "test", "dev vs train", "test vs train", "chance (max)",
-                   "shuffled"):
+    for column in (
+        "train",
+        "dev",
+        "test",
+        "dev vs train",
+        "test vs train",
+        "chance (max)",
+        "shuffled",
+    ):
         table.add_column(column, justify="right")
     skipped = []
     for caveat in caveats:
@@ -173,7 +190,8 @@ def _print_caveats(console: Any, caveats: list) -> None:
             caveat.task,
             *(pct(caveat.negatives_matched, s) for s in ("train", "dev", "test")),
             *(pct(caveat.negatives_matched_train, s) for s in ("dev", "test")),
-            f"{max(chances, default=0.0):.1%}", "yes" if caveat.shuffled else "no",
+            f"{max(chances, default=0.0):.1%}",
+            "yes" if caveat.shuffled else "no",
         )
     console.print(table)
     for caveat in caveats:
@@ -211,7 +229,11 @@ def run(
     address: AddressOption = None,
     tracking_uri: TrackingOption = None,
     storage: Annotated[
-        str | None, typer.Option(help="Ray Tune storage path or URL (default: work_dir)")
+        str | None,
+        typer.Option(
+            help="where trial checkpoints, Tune state and shards go: s3://, gs:// or a path "
+            "every node sees (default: work_dir)"
+        ),
     ] = None,
     gue_dir: Annotated[
         Path | None, typer.Option(help="read real GUE from this folder instead of the spec's data")
@@ -220,7 +242,11 @@ def run(
         bool, typer.Option(help="continue the study's latest sweep where it stopped")
     ] = False,
 ) -> None:
-    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow."""
+    """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
+
+    Ctrl-C (SIGINT) or SIGTERM stops the study cleanly and exits 130 or 143; `--resume`
+    continues it.
+    """
     from ablate.spec import expand_cells, load_study
 
     spec = load_study(study)
@@ -229,19 +255,43 @@ def run(
         f"study {spec.name}: {len(cells)} cells x {spec.budget.trials_per_cell} trials, "
         f"up to {spec.budget.max_epochs} epochs, {spec.budget.concurrent_trials} at once"
     )
-    from ablate.study import run_study
+    from ablate.study import StudyInterrupted, run_study
 
-    start = time.perf_counter()
-    result = run_study(
-        spec,
-        address=address,
-        tracking_uri=tracking_uri,
-        storage=storage,
-        gue_dir=str(gue_dir) if gue_dir else None,
-        resume=resume,
-        progress=lambda msg: print(f"  {msg}", flush=True),
-        spec_file=study,
+    options = {
+        "--address": address,
+        "--tracking-uri": tracking_uri,
+        "--storage": storage,
+        "--gue-dir": gue_dir,
+    }
+    resume_command = shlex.join(
+        [
+            "ablate",
+            "run",
+            str(study),
+            *(part for name, value in options.items() if value for part in (name, str(value))),
+            "--resume",
+        ]
     )
+    start = time.perf_counter()
+    try:
+        result = run_study(
+            spec,
+            address=address,
+            tracking_uri=tracking_uri,
+            storage=storage,
+            gue_dir=str(gue_dir) if gue_dir else None,
+            resume=resume,
+            progress=lambda msg: print(f"  {msg}", flush=True),
+            spec_file=study,
+            resume_command=resume_command,
+        )
+    except StudyInterrupted as stopped:
+        print(
+            f"stopped by {stopped.signal_name} after {time.perf_counter() - start:.0f} s; the "
+            f"study's state is saved. Continue it with: {resume_command}",
+            flush=True,
+        )
+        raise typer.Exit(stopped.exit_code) from None
     print(
         f"finished {result.num_trials} trials ({result.num_errors} failed) in "
         f"{time.perf_counter() - start:.0f} s; sweep {result.sweep} in {result.tracking_uri}"
@@ -298,22 +348,34 @@ def report(
     spec = load_study(study)
     uri = tracking_uri or spec.tracking.uri
     out_dir = out or Path("reports") / spec.name
-    result = write_report(uri, spec.name, out_dir, contrasts=spec.contrasts,
-                          trials_per_cell=spec.budget.trials_per_cell,
-                          replicates_per_cell=len(spec.replicates),
-                          prices=dict(spec.prices))
+    result = write_report(
+        uri,
+        spec.name,
+        out_dir,
+        contrasts=spec.contrasts,
+        trials_per_cell=spec.budget.trials_per_cell,
+        replicates_per_cell=len(spec.replicates),
+        prices=dict(spec.prices),
+    )
     table = Table(title=f"study {spec.name} (sweep {result.sweep})")
     for column in ("task", "architecture", "pretraining", "tokenizer"):
         table.add_column(column)
-    for column in ("trials (done/stopped/model failed/infra failed)", "best dev score",
-                   "wall s", "FLOPs"):
+    for column in (
+        "trials (done/stopped/model failed/infra failed)",
+        "best dev score",
+        "wall s",
+        "FLOPs",
+    ):
         table.add_column(column, justify="right")
     for row in result.cells.itertuples():
         table.add_row(
-            row.task, row.architecture, row.pretraining, row.tokenizer,
-            f"{row.budget_trials} ({row.completed}/{row.pruned}/{row.model_failed}/"
-            f"{row.failed})",
-            f"{row.best_dev_score:.4f} {row.metric}", f"{row.wall_seconds:.1f}",
+            row.task,
+            row.architecture,
+            row.pretraining,
+            row.tokenizer,
+            f"{row.budget_trials} ({row.completed}/{row.pruned}/{row.model_failed}/{row.failed})",
+            f"{row.best_dev_score:.4f} {row.metric}",
+            f"{row.wall_seconds:.1f}",
             f"{row.flops:.3g}",
         )
     console = _console()

@@ -55,8 +55,9 @@ GPU_PEAK_FLOPS: dict[str, Peak] = {
     "A40": Peak(149.7e12, _datasheet("A40")),
     "RTX A6000": Peak(154.8e12, _datasheet("RTX A6000")),
     "A30": Peak(165e12, _datasheet("A30")),
-    "RTX 4090": Peak(165.2e12, _datasheet("GeForce RTX 4090 (Ada whitepaper)",
-                                          "dense bf16 with fp32 accumulate")),
+    "RTX 4090": Peak(
+        165.2e12, _datasheet("GeForce RTX 4090 (Ada whitepaper)", "dense bf16 with fp32 accumulate")
+    ),
     "V100": Peak(125e12, _datasheet("V100 SXM2", "dense fp16 (no bf16)")),
     "V100 PCIe": Peak(112e12, _datasheet("V100 PCIe", "dense fp16 (no bf16)")),
     "V100S": Peak(130e12, _datasheet("V100S PCIe", "dense fp16 (no bf16)")),
@@ -112,8 +113,9 @@ def match_device(keys: Iterable[str], name: str, kind: str | None = None) -> str
     """
     keys = list(keys)
     words = set(_words(name))
-    named = [k for k in keys if k.strip().lower() not in KINDS and _words(k)
-             and set(_words(k)) <= words]
+    named = [
+        k for k in keys if k.strip().lower() not in KINDS and _words(k) and set(_words(k)) <= words
+    ]
     if named:
         return min(named, key=lambda k: (-len(_words(k)), -len(k), k))
     if kind is not None:
@@ -175,8 +177,10 @@ def cpu_peak() -> tuple[float, str]:
     threads = torch.get_num_threads()
     if threads not in _CPU_PEAKS:
         _CPU_PEAKS[threads] = measure_cpu_peak()
-    return _CPU_PEAKS[threads], (f"measured: float32 matmul {CPU_PEAK_SIZE}^3 on {threads} "
-                                 f"thread{'s' if threads != 1 else ''}")
+    return _CPU_PEAKS[threads], (
+        f"measured: float32 matmul {CPU_PEAK_SIZE}^3 on {threads} "
+        f"thread{'s' if threads != 1 else ''}"
+    )
 
 
 def current_device(gpu_fraction: float = 0.0, cpus: float = 1.0) -> Device:

@@ -108,11 +108,12 @@ def _batches(shard: Any, batch_size: int, pad_id: int, width: int) -> Iterator[A
 
     from ablate.shards import split_arrays
 
-    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                                    drop_last=True):
+    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True):
         arrays = split_arrays(table, pad_id, width)
-        yield (torch.from_numpy(arrays.input_ids.astype(np.int64)),
-               torch.from_numpy(arrays.attention_mask()))
+        yield (
+            torch.from_numpy(arrays.input_ids.astype(np.int64)),
+            torch.from_numpy(arrays.attention_mask()),
+        )
 
 
 @dataclass(frozen=True)
@@ -152,16 +153,21 @@ def _build(plan: WorkerPlan) -> tuple[_Optimisation, int, Any]:
     from ablate.models.registry import build_mlm, count_parameters
 
     bare = build_mlm(
-        plan.architecture, preset=plan.preset, vocab_size=plan.vocab_size,
-        max_len=plan.token_limit, pad_id=plan.pad_id, complement_ids=list(plan.complement_ids),
+        plan.architecture,
+        preset=plan.preset,
+        vocab_size=plan.vocab_size,
+        max_len=plan.token_limit,
+        pad_id=plan.pad_id,
+        complement_ids=list(plan.complement_ids),
         overrides=plan.overrides or None,
     )
     n_params = count_parameters(bare)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(bare)
     recipe = plan.recipe
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
-                                  weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(recipe.warmup_ratio * recipe.max_steps), recipe.max_steps
     )
@@ -177,8 +183,9 @@ def _restore(opt: _Optimisation, device: Any) -> dict:
     if checkpoint is None:
         return {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0}
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / "trainer_state.pt", map_location=device,
-                           weights_only=False)
+        saved = torch.load(
+            Path(folder) / "trainer_state.pt", map_location=device, weights_only=False
+        )
     opt.bare.load_state_dict(saved["model"])
     opt.optimizer.load_state_dict(saved["optimizer"])
     opt.scheduler.load_state_dict(saved["scheduler"])
@@ -214,9 +221,15 @@ def _save_checkpoint(opt: _Optimisation, state: dict, folder: Path) -> Any:
 
     from ablate.models.io import save_model
 
-    torch.save({"model": opt.bare.state_dict(), "optimizer": opt.optimizer.state_dict(),
-                "scheduler": opt.scheduler.state_dict(), "state": state},
-               folder / "trainer_state.pt")
+    torch.save(
+        {
+            "model": opt.bare.state_dict(),
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "state": state,
+        },
+        folder / "trainer_state.pt",
+    )
     save_model(opt.bare, folder / MODEL_ARTIFACT)
     return ray.train.Checkpoint.from_directory(folder)
 
@@ -227,8 +240,17 @@ class _Progress:
     checkpoint. ``sent`` counts them since the worker started: the first tells the driver a
     worker group started from the restored figures ``resumed``."""
 
-    def __init__(self, plan: WorkerPlan, state: dict, resumed: dict, hardware: Any,
-                 energy: Any, n_params: int, rank: int, world: int) -> None:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        state: dict,
+        resumed: dict,
+        hardware: Any,
+        energy: Any,
+        n_params: int,
+        rank: int,
+        world: int,
+    ) -> None:
         self.queue, self.state, self.resumed = plan.progress, state, resumed
         self.hardware, self.energy, self.n_params = hardware, energy, n_params
         self.rank, self.world = rank, world
@@ -245,17 +267,25 @@ class _Progress:
         state, hardware, kwh = self.state, self.hardware, self.energy.kwh()
         if kwh is not None:
             state["energy_kwh"] = self.energy_before + kwh
-        out = {"step": state["step"], "mlm_loss": self.loss_sum / max(self.loss_count, 1),
-               "tokens_seen": state["tokens_seen"], "flops": state["flops"],
-               "wall_seconds": state["wall_seconds"],
-               "checkpoint_seconds": state["checkpoint_seconds"],
-               "resumed_from_step": self.resumed["step"],
-               "resumed_wall_seconds": self.resumed["wall_seconds"],
-               "resumed_checkpoint_seconds": self.resumed["checkpoint_seconds"],
-               "n_params": self.n_params, "rank": self.rank, "world_size": self.world,
-               "device_type": hardware.kind, "device_name": hardware.name,
-               "device_count": hardware.count, "peak_flops": hardware.peak_flops,
-               "peak_source": hardware.peak_source}
+        out = {
+            "step": state["step"],
+            "mlm_loss": self.loss_sum / max(self.loss_count, 1),
+            "tokens_seen": state["tokens_seen"],
+            "flops": state["flops"],
+            "wall_seconds": state["wall_seconds"],
+            "checkpoint_seconds": state["checkpoint_seconds"],
+            "resumed_from_step": self.resumed["step"],
+            "resumed_wall_seconds": self.resumed["wall_seconds"],
+            "resumed_checkpoint_seconds": self.resumed["checkpoint_seconds"],
+            "n_params": self.n_params,
+            "rank": self.rank,
+            "world_size": self.world,
+            "device_type": hardware.kind,
+            "device_name": hardware.name,
+            "device_count": hardware.count,
+            "peak_flops": hardware.peak_flops,
+            "peak_source": hardware.peak_source,
+        }
         if kwh is not None:
             out["energy_kwh"] = state["energy_kwh"]
         self.loss_sum, self.loss_count = 0.0, 0
@@ -263,8 +293,10 @@ class _Progress:
 
     def due(self) -> bool:
         """Whether a record is due (there is a queue and its interval has passed)."""
-        return (self.queue is not None
-                and time.perf_counter() - self.last_sent >= PROGRESS_EVERY_SECONDS)
+        return (
+            self.queue is not None
+            and time.perf_counter() - self.last_sent >= PROGRESS_EVERY_SECONDS
+        )
 
     def send(self, metrics: dict | None = None) -> None:
         """Send a record (``metrics``, or one made now) to the driver."""
@@ -325,8 +357,11 @@ def pretrain_worker(config: dict) -> None:
     restore_start = time.perf_counter()
     state = {"checkpoint_seconds": 0.0, "energy_kwh": 0.0, **_restore(opt, device)}
     # What the restored checkpoint had charged: the driver charges what ran after it as lost.
-    resumed = {"step": state["step"], "wall_seconds": state["wall_seconds"],
-               "checkpoint_seconds": state["checkpoint_seconds"]}
+    resumed = {
+        "step": state["step"],
+        "wall_seconds": state["wall_seconds"],
+        "checkpoint_seconds": state["checkpoint_seconds"],
+    }
     state["wall_seconds"] += restore_start - started
     state["checkpoint_seconds"] += time.perf_counter() - restore_start
     clock = _Clock(state)
@@ -338,13 +373,20 @@ def pretrain_worker(config: dict) -> None:
         produced = False
         for ids, mask in _batches(shard, recipe.batch_size, plan.pad_id, plan.width):
             produced = True
-            masked, labels = mask_tokens(ids, mask, vocab_size=plan.vocab_size,
-                                         mask_prob=recipe.mask_prob, generator=generator,
-                                         mask_id=plan.mask_id, special_ids=plan.special_ids)
+            masked, labels = mask_tokens(
+                ids,
+                mask,
+                vocab_size=plan.vocab_size,
+                mask_prob=recipe.mask_prob,
+                generator=generator,
+                mask_id=plan.mask_id,
+                special_ids=plan.special_ids,
+            )
             batch = (masked.to(device), mask.to(device), labels.to(device))
             if flops_per_step is None:  # counted once, on this worker's first batch
-                flops_per_step = float(count_step_flops(opt.model, batch, backward=True,
-                                                        loss_fn=masked_lm_loss))
+                flops_per_step = float(
+                    count_step_flops(opt.model, batch, backward=True, loss_fn=masked_lm_loss)
+                )
             loss = train_step(opt.model, opt.optimizer, batch, device, loss_fn=masked_lm_loss)
             opt.scheduler.step()
             state["step"] += 1
@@ -407,8 +449,9 @@ class PretrainLedger:
     the number of workers), billed on compute + checkpoint + lost seconds.
     """
 
-    def __init__(self, recorded: dict[str, float] | None = None,
-                 prices: dict[str, float] | None = None) -> None:
+    def __init__(
+        self, recorded: dict[str, float] | None = None, prices: dict[str, float] | None = None
+    ) -> None:
         recorded = recorded or {}
         self.prices = dict(prices or {})
         self.wall = float(recorded.get(MetricName.WALL_SECONDS, 0.0))
@@ -428,8 +471,10 @@ class PretrainLedger:
         before = self.wall + self.checkpoint + self.lost
         if int(worker["sent_since_start"]) == 1:
             # A worker group started (first, resumed or restarted): from the restored state.
-            self.restored = (float(worker["resumed_wall_seconds"]),
-                             float(worker["resumed_checkpoint_seconds"]))
+            self.restored = (
+                float(worker["resumed_wall_seconds"]),
+                float(worker["resumed_checkpoint_seconds"]),
+            )
             restored = sum(self.restored)
             lost = max(0.0, self.wall + self.checkpoint - restored)
             self.lost += lost
@@ -451,37 +496,57 @@ class PretrainLedger:
         kind = str(first["device_type"])
         # Billed for every worker's devices; a CPU peak is one process's (cost.Device), so the
         # workers' processes add up, where a GPU's peak is per device.
-        device = Device(kind, str(first["device_name"]), float(first["device_count"]) * workers,
-                        float(first["peak_flops"]) * (workers if kind == "cpu" else 1),
-                        str(first["peak_source"]))
+        device = Device(
+            kind,
+            str(first["device_name"]),
+            float(first["device_count"]) * workers,
+            float(first["peak_flops"]) * (workers if kind == "cpu" else 1),
+            str(first["peak_source"]),
+        )
         energies = [float(w["energy_kwh"]) for w in self.latest.values() if "energy_kwh" in w]
         wall = self.wall + overhead_seconds
-        values = cost_metrics(device, wall_seconds=wall, flops=float(first["flops"]),
-                              prices=self.prices, energy_kwh=sum(energies) if energies else None,
-                              billed_seconds=wall + self.checkpoint + self.lost)
-        values.update({
-            MetricName.WALL_SECONDS: wall,
-            "step_seconds": self.wall,
-            MetricName.CHECKPOINT_SECONDS: self.checkpoint,
-            MetricName.LOST_SECONDS: self.lost,
-            MetricName.FLOPS: float(first["flops"]),
-            MetricName.TOKENS_SEEN: float(first["tokens_seen"]),
-            MetricName.MLM_LOSS: float(first["mlm_loss"]),
-            "steps": float(first["step"]),
-            "devices": float(workers),
-            "resumed_from_step": float(first["resumed_from_step"]),
-            # what the checkpoint it resumed from had charged (the rest is lost_seconds)
-            "resumed_wall_seconds": self.restored[0],
-            "resumed_checkpoint_seconds": self.restored[1],
-            MetricName.N_PARAMS: float(first["n_params"]),
-        })
-        tags = {Tag.DEVICE_NAME: device.name, Tag.PEAK_SOURCE: device.peak_source,
-                Tag.PRICE_SOURCE: price_for(self.prices, device.kind, device.name)[1]}
+        values = cost_metrics(
+            device,
+            wall_seconds=wall,
+            flops=float(first["flops"]),
+            prices=self.prices,
+            energy_kwh=sum(energies) if energies else None,
+            billed_seconds=wall + self.checkpoint + self.lost,
+        )
+        values.update(
+            {
+                MetricName.WALL_SECONDS: wall,
+                "step_seconds": self.wall,
+                MetricName.CHECKPOINT_SECONDS: self.checkpoint,
+                MetricName.LOST_SECONDS: self.lost,
+                MetricName.FLOPS: float(first["flops"]),
+                MetricName.TOKENS_SEEN: float(first["tokens_seen"]),
+                MetricName.MLM_LOSS: float(first["mlm_loss"]),
+                "steps": float(first["step"]),
+                "devices": float(workers),
+                "resumed_from_step": float(first["resumed_from_step"]),
+                # what the checkpoint it resumed from had charged (the rest is lost_seconds)
+                "resumed_wall_seconds": self.restored[0],
+                "resumed_checkpoint_seconds": self.restored[1],
+                MetricName.N_PARAMS: float(first["n_params"]),
+            }
+        )
+        tags = {
+            Tag.DEVICE_NAME: device.name,
+            Tag.PEAK_SOURCE: device.peak_source,
+            Tag.PRICE_SOURCE: price_for(self.prices, device.kind, device.name)[1],
+        }
         return values, tags
 
 
-def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str,
-             progress: Any = None) -> Any:
+def _trainer(
+    job: PretrainJob,
+    manifest: Any,
+    shard_dir: Path,
+    storage_path: str,
+    progress: Any = None,
+    work_dir: Path = Path("."),
+) -> Any:
     """The Ray Train ``TorchTrainer`` of a job, streaming its corpus shards through Ray Data;
     its workers send progress records to ``progress`` (a ``ray.util.queue.Queue``) if given."""
     import ray.data
@@ -490,28 +555,42 @@ def _trainer(job: PretrainJob, manifest: Any, shard_dir: Path, storage_path: str
     from ray.train.torch import TorchTrainer
 
     from ablate.errors import AblateError
+    from ablate.shards import read_placement
+    from ablate.storage import shard_source
     from ablate.tokenization import complement_ids, load_tokenizer, special_ids
 
     recipe = job.recipe
     tokenizer = load_tokenizer(Path(job.tokenizer_path))  # read here: workers get its values
     ids = special_ids(tokenizer, source=job.tokenizer_path)
     if ids.mask is None:
-        raise AblateError(f"{job.tokenizer_path}: the tokenizer has no mask token, which "
-                          "masked-LM pretraining needs")
+        raise AblateError(
+            f"{job.tokenizer_path}: the tokenizer has no mask token, which "
+            "masked-LM pretraining needs"
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    # The corpus shards sit on the driver's node: read them there.
-    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
-    dataset = ray.data.read_parquet(manifest.paths(shard_dir), num_cpus=0.5, resources=here)
+    # From the study's storage if it has one apart from the work folder, so workers on any node
+    # can stream the corpus; else on the driver's node, where it was written.
+    source = shard_source(shard_dir, manifest.files, storage_path, work_dir)
+    dataset = ray.data.read_parquet(source.paths, **read_placement([source], 0.5))
     return TorchTrainer(
         pretrain_worker,
-        train_loop_config={"plan": WorkerPlan(
-            recipe=recipe, architecture=job.architecture, preset=job.preset,
-            overrides=dict(job.overrides), vocab_size=tokenizer.get_vocab_size(),
-            complement_ids=tuple(complement_ids(tokenizer)), token_limit=job.token_limit,
-            width=manifest.max_tokens, pad_id=ids.pad, mask_id=ids.mask,
-            special_ids=tuple(ids.ids), progress=progress,
-        )},
+        train_loop_config={
+            "plan": WorkerPlan(
+                recipe=recipe,
+                architecture=job.architecture,
+                preset=job.preset,
+                overrides=dict(job.overrides),
+                vocab_size=tokenizer.get_vocab_size(),
+                complement_ids=tuple(complement_ids(tokenizer)),
+                token_limit=job.token_limit,
+                width=manifest.max_tokens,
+                pad_id=ids.pad,
+                mask_id=ids.mask,
+                special_ids=tuple(ids.ids),
+                progress=progress,
+            )
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=recipe.workers,
             use_gpu=recipe.use_gpu,
@@ -541,9 +620,12 @@ def _run_params(job: PretrainJob, num_rows: int) -> dict[str, Any]:
     }
 
 
-def _fit_recording(trainer_for: Callable[[Any], Any], ledger: PretrainLedger,
-                   write: Callable[[dict, dict, int], None],
-                   progress: Callable[[str], None]) -> Any:
+def _fit_recording(
+    trainer_for: Callable[[Any], Any],
+    ledger: PretrainLedger,
+    write: Callable[[dict, dict, int], None],
+    progress: Callable[[str], None],
+) -> Any:
     """``fit()`` the trainer ``trainer_for(queue)`` builds, writing its workers' progress
     records through ``write`` (from a thread of this driver) as they arrive; the fit's
     result. Records still queued when the fit returns are written before this returns."""
@@ -618,25 +700,40 @@ def run_pretraining(
         progress(f"pretraining {job.name} ({key}) already done: run {finished.info.run_id}")
         return _result_from_run(client, finished, work_dir, reused=True)
 
-    tags = pretraining_tags(key=key, name=job.name, architecture=job.architecture,
-                            tokenizer=job.tokenizer_value,
-                            device_type="gpu" if job.recipe.use_gpu else "cpu",
-                            extra_tags=extra_tags)
-    run_id, recorded = open_pretraining(client, tags=tags,
-                                        run_name=f"{job.name}-{job.architecture}", params={})
+    tags = pretraining_tags(
+        key=key,
+        name=job.name,
+        architecture=job.architecture,
+        tokenizer=job.tokenizer_value,
+        device_type="gpu" if job.recipe.use_gpu else "cpu",
+        extra_tags=extra_tags,
+    )
+    run_id, recorded = open_pretraining(
+        client, tags=tags, run_name=f"{job.name}-{job.architecture}", params={}
+    )
     if recorded:
-        progress(f"pretraining {job.name} ({key}): resuming in run {run_id}, "
-                 f"{recorded.get(MetricName.WALL_SECONDS, 0.0):.0f} s recorded so far")
+        progress(
+            f"pretraining {job.name} ({key}): resuming in run {run_id}, "
+            f"{recorded.get(MetricName.WALL_SECONDS, 0.0):.0f} s recorded so far"
+        )
     progress(f"pretraining {job.name} ({key}): filtering and tokenizing the corpus")
-    corpus = prepare_corpus(job.recipe.corpus, seed=job.recipe.seed, gue_dir=job.gue_dir,
-                            tokenizer_path=job.tokenizer_path, key=key, work_dir=work_dir,
-                            held_out=job.held_out())
+    corpus = prepare_corpus(
+        job.recipe.corpus,
+        seed=job.recipe.seed,
+        gue_dir=job.gue_dir,
+        tokenizer_path=job.tokenizer_path,
+        key=key,
+        work_dir=work_dir,
+        held_out=job.held_out(),
+    )
     if corpus.leaks is not None:
         progress(f"pretraining {job.name}: {corpus.leaks.summary()}")
     shard_dir = corpus.path
     manifest = ShardManifest.read(shard_dir)
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000])
-                                     for k, v in _run_params(job, manifest.num_rows).items()])
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)[:6000]) for k, v in _run_params(job, manifest.num_rows).items()],
+    )
     storage_path = storage or str(Path(work_dir).resolve() / "ray_results")
     progress(
         f"pretraining {job.architecture}/{job.preset} with {job.tokenizer_value} on "
@@ -647,11 +744,13 @@ def run_pretraining(
     started = time.perf_counter()
     try:
         result = _fit_recording(
-            lambda queue: _trainer(job, manifest, shard_dir, storage_path, queue),
+            lambda queue: _trainer(job, manifest, shard_dir, storage_path, queue, work_dir),
             ledger,
-            lambda metrics, tags, step: log_pretraining_progress(client, run_id, metrics, step,
-                                                                 tags),
-            progress)
+            lambda metrics, tags, step: log_pretraining_progress(
+                client, run_id, metrics, step, tags
+            ),
+            progress,
+        )
         if result.checkpoint is None or 0 not in ledger.latest:
             raise RuntimeError(f"pretraining {job.name} produced no checkpoint: {result.error}")
     except BaseException:
@@ -663,8 +762,14 @@ def run_pretraining(
     if corpus.leaks is not None:
         values.update(corpus.leaks.as_metrics())
     with result.checkpoint.as_directory() as folder:
-        finish_pretraining(client, run_id, values, Path(folder) / MODEL_ARTIFACT,
-                           step=int(values["steps"]), tags=final_tags)
+        finish_pretraining(
+            client,
+            run_id,
+            values,
+            Path(folder) / MODEL_ARTIFACT,
+            step=int(values["steps"]),
+            tags=final_tags,
+        )
     progress(
         f"pretraining {job.name} done: run {run_id}, {values[MetricName.WALL_SECONDS]:.0f} s "
         f"(+{values[MetricName.LOST_SECONDS]:.0f} s lost), {values[MetricName.FLOPS]:.3g} "
@@ -688,15 +793,19 @@ def job_from_spec(spec: Any, progress: Callable[[str], None] = print) -> Pretrai
     recipe = PretrainRecipe.model_validate(
         {**spec.model_dump(include=set(PretrainRecipe.model_fields)), "corpus": corpus}
     )
-    choice = parse_tokenizer_choice(spec.tokenizer, default_k=spec.tokenizers.kmer_k,
-                                    base_dir=base)
+    choice = parse_tokenizer_choice(spec.tokenizer, default_k=spec.tokenizers.kmer_k, base_dir=base)
     if choice.kind == "bpe" and choice.path is None and not corpus.gue_tasks:
-        raise AblateError("tokenizer 'bpe' (trained) needs corpus.gue_tasks to train on; "
-                          "give bpe:PATH to use an existing tokenizer with a FASTA corpus")
+        raise AblateError(
+            "tokenizer 'bpe' (trained) needs corpus.gue_tasks to train on; "
+            "give bpe:PATH to use an existing tokenizer with a FASTA corpus"
+        )
     progress(f"building tokenizer {spec.tokenizer}")
     _, tok_file = resolve_tokenizer(
-        choice, gue_root=Path(gue_dir) if gue_dir else base, tasks=corpus.gue_tasks or [],
-        work_dir=spec.work_path, bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+        choice,
+        gue_root=Path(gue_dir) if gue_dir else base,
+        tasks=corpus.gue_tasks or [],
+        work_dir=spec.work_path,
+        bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
     )
     if corpus.fasta:
         bp = corpus.window_bp
@@ -751,10 +860,28 @@ def register_external(
     key = f"external-{digest.hexdigest()[:16]}-{device_hours:g}-{cost}"
     client = MlflowClient(tracking_uri)
     finished = find_finished_pretraining(client, key)
-    run_id = finished.info.run_id if finished is not None else writer.register_external(
-        client, key=key, name=name, folder=folder, device_hours=device_hours, device=device,
-        device_name=device_name, price_per_hour=price_per_hour, extra_tags=extra_tags)
+    run_id = (
+        finished.info.run_id
+        if finished is not None
+        else writer.register_external(
+            client,
+            key=key,
+            name=name,
+            folder=folder,
+            device_hours=device_hours,
+            device=device,
+            device_name=device_name,
+            price_per_hour=price_per_hour,
+            extra_tags=extra_tags,
+        )
+    )
     return PretrainResult(
-        run_id=run_id, key=key, model_dir=str(folder), wall_seconds=0.0,
-        device_hours=float(device_hours), flops=0.0, tokens_seen=0, reused=True,
+        run_id=run_id,
+        key=key,
+        model_dir=str(folder),
+        wall_seconds=0.0,
+        device_hours=float(device_hours),
+        flops=0.0,
+        tokens_seen=0,
+        reused=True,
     )

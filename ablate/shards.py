@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,13 +72,15 @@ def shard_key(source_sha256: str, tokenizer_hash: str, length_bp: int) -> str:
 ENCODE_BATCH = 8192  # rows encoded per tokenizer call; the next call runs while one is written
 
 
-def _encode_ahead(tokenizer: Tokenizer, sequences: list[str], ranges: list[tuple[int, int]],
-                  length_bp: int) -> Iterator[tuple[int, int, list]]:
+def _encode_ahead(
+    tokenizer: Tokenizer, sequences: list[str], ranges: list[tuple[int, int]], length_bp: int
+) -> Iterator[tuple[int, int, list]]:
     """Encode ``sequences[a:b]`` for each range, one range ahead of the caller.
 
     ``tokenizers`` releases the GIL while it encodes, so the next range encodes on a background
     thread while the caller turns the current one into Arrow and writes it.
     """
+
     def encode(a: int, b: int) -> list:
         return tokenizer.encode_batch_fast([s[:length_bp] for s in sequences[a:b]])
 
@@ -99,12 +101,13 @@ def token_table(encodings: list, labels: np.ndarray) -> tuple[pa.Table, int]:
     lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
     offsets = np.zeros(len(lists) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
-                       count=int(offsets[-1]))
-    table = pa.table({
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        "label": pa.array(labels, type=pa.int32()),
-    })
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    table = pa.table(
+        {
+            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+            "label": pa.array(labels, type=pa.int32()),
+        }
+    )
     return table, int(lengths.max(initial=0))
 
 
@@ -138,9 +141,11 @@ def write_shards(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         total = len(sequences)
-        ranges = [(a, min(a + ENCODE_BATCH, shard + rows_per_shard, total))
-                  for shard in range(0, total, rows_per_shard)
-                  for a in range(shard, min(shard + rows_per_shard, total), ENCODE_BATCH)]
+        ranges = [
+            (a, min(a + ENCODE_BATCH, shard + rows_per_shard, total))
+            for shard in range(0, total, rows_per_shard)
+            for a in range(shard, min(shard + rows_per_shard, total), ENCODE_BATCH)
+        ]
         files: list[str] = []
         writer = None
         max_tokens = 0
@@ -216,8 +221,9 @@ def split_arrays(table: pa.Table, pad_id: int, width: int | None = None) -> Spli
     """A shard table (``input_ids`` list column, optional ``label``) as padded ``SplitArrays``:
     the one place a shard's rows become arrays (trials, pretraining and benchmarks use it)."""
     column = table.column("input_ids").combine_chunks()
-    ids, lengths = pad_token_lists(column.offsets.to_numpy(), column.values.to_numpy(), pad_id,
-                                   width)
+    ids, lengths = pad_token_lists(
+        column.offsets.to_numpy(), column.values.to_numpy(), pad_id, width
+    )
     if "label" in table.column_names:
         labels = table.column("label").to_numpy().astype(np.int64)
     else:
@@ -226,42 +232,49 @@ def split_arrays(table: pa.Table, pad_id: int, width: int | None = None) -> Spli
 
 
 def read_shard_sets(
-    folders: list[str], pad_id: int, *, read_cpus: float = 1.0
+    folders: list[str],
+    pad_id: int,
+    *,
+    read_cpus: float = 1.0,
+    storage: str | None = None,
+    work_dir: Path | None = None,
 ) -> dict[str, SplitArrays]:
     """Stream shard sets through Ray Data in one pass and materialise each as ``SplitArrays``.
 
     GUE splits are small: reading every shard set of a study once (one Ray Data execution, not
     one per split or per trial) and sharing the arrays through Ray's object store is far cheaper
     than streaming Parquet in every trial (measured: 2-5 s per split per trial).
+
+    With a ``storage`` apart from ``work_dir`` (S3, GCS, a shared path), the shard sets are
+    copied there first and read from there, so Ray Data's tasks may run on any node
+    (``ablate.storage``); otherwise they are read on the driver's node, where they were written.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
     import ray.data
-    import ray.util
+
+    from ablate.storage import shard_source
 
     manifests = {folder: ShardManifest.read(Path(folder)) for folder in folders}
-    owner = {
-        str(Path(path).resolve()): folder
+    sources = {
+        folder: shard_source(Path(folder), manifest.files, storage, Path(work_dir or "."))
         for folder, manifest in manifests.items()
-        for path in manifest.paths(Path(folder))
     }
+    owner = {_path_key(path): folder for folder, source in sources.items() for path in source.paths}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True  # same rows in the same order: reproducible
-    # The shards were written on this (the driver's) node: run the reads here, not on a worker
-    # node that cannot see the files.
-    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    paths = sorted(path for source in sources.values() for path in source.paths)
     dataset = ray.data.read_parquet(
-        sorted(owner), include_paths=True, num_cpus=read_cpus, resources=here
+        paths, include_paths=True, **read_placement(sources.values(), read_cpus)
     )
     pieces: dict[str, list] = {folder: [] for folder in folders}
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         paths = batch.column("path").to_pylist()
         for path in sorted(set(paths)):
-            folder = owner[str(Path("/" + path.lstrip("/")).resolve())]
             rows = pc.equal(batch.column("path"), path)
-            pieces[folder].append(batch.filter(rows))
+            pieces[owner[_path_key(path)]].append(batch.filter(rows))
     result = {}
     for folder, manifest in manifests.items():
         table = pa.concat_tables(pieces[folder]) if pieces[folder] else None
@@ -270,6 +283,27 @@ def read_shard_sets(
             raise RuntimeError(f"{folder}: read {got} rows, manifest says {manifest.num_rows}")
         result[folder] = split_arrays(table, pad_id, manifest.max_tokens)
     return result
+
+
+def read_placement(sources: Any, read_cpus: float) -> dict[str, Any]:
+    """``read_parquet``'s placement arguments for shard sets read from ``sources``
+    (``ablate.storage.ShardSource``): their file system, and the driver's node when the files
+    are only on its disk."""
+    import ray.util
+
+    sources = list(sources)
+    options: dict[str, Any] = {"num_cpus": read_cpus}
+    if any(source.pinned for source in sources):
+        options["resources"] = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+    elif sources:
+        options["filesystem"] = sources[0].filesystem
+    return options
+
+
+def _path_key(path: str) -> str:
+    """A shard file's path as it was given and as Ray Data reports it (without the leading
+    slash of a local path), made comparable."""
+    return path.lstrip("/")
 
 
 def read_shard_set(folder: str | Path, pad_id: int) -> SplitArrays:
@@ -330,8 +364,10 @@ def resolve_tokenizer(
         trains = {task: read_split(gue_root, task, "train") for task in sorted(tasks)}
         held_out = held_out_of(gue_root, tasks)
         key = hashlib.sha256(
-            (":".join(f"{t}={split.sha256}" for t, split in trains.items())
-             + f":held_out={held_out.digest}").encode()
+            (
+                ":".join(f"{t}={split.sha256}" for t, split in trains.items())
+                + f":held_out={held_out.digest}"
+            ).encode()
         ).hexdigest()[:16]
         tok_file = tok_root / f"bpe{bpe_vocab_size}-{key}" / "tokenizer.json"
         if tok_file.is_file():
@@ -344,10 +380,11 @@ def resolve_tokenizer(
         kept, leaks = held_out.filter(sequences)
         if progress is not None:
             progress(f"BPE training sequences: {leaks.summary()}")
-        _atomic_write_text(tok_file.parent / "leakage.json",
-                           json.dumps(leaks.as_metrics(), indent=2, sort_keys=True))
-        tokenizer = build_tokenizer(choice, train_sequences=kept,
-                                    bpe_vocab_size=bpe_vocab_size)
+        _atomic_write_text(
+            tok_file.parent / "leakage.json",
+            json.dumps(leaks.as_metrics(), indent=2, sort_keys=True),
+        )
+        tokenizer = build_tokenizer(choice, train_sequences=kept, bpe_vocab_size=bpe_vocab_size)
     else:
         tokenizer = build_tokenizer(choice)
         tok_file = tok_root / f"{choice.kind}-{tokenizer_hash(tokenizer)[:16]}" / "tokenizer.json"

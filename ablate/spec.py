@@ -112,8 +112,9 @@ class BudgetSpec(_Strict):
     trials_per_cell: int = Field(ge=1, description="Optuna trials every cell gets")
     max_epochs: int = Field(ge=1, description="the most epochs any trial trains (max fidelity)")
     max_epochs_by_task: dict[str, int] = Field(
-        default_factory=dict, description="max_epochs for particular tasks (the same for every "
-        "cell of a task), e.g. {prom/prom_core_tata: 10}"
+        default_factory=dict,
+        description="max_epochs for particular tasks (the same for every "
+        "cell of a task), e.g. {prom/prom_core_tata: 10}",
     )
     concurrent_trials: int = Field(2, ge=1, description="trials running at once, all cells")
     grace_epochs: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
@@ -125,8 +126,10 @@ class BudgetSpec(_Strict):
         None, ge=1, description="a trial ends after this many epochs without a better dev MCC"
     )
     max_failures: int = Field(
-        0, ge=0, description="times a crashed trial (e.g. its node was lost) is retried from "
-        "its last checkpoint before it counts as failed"
+        0,
+        ge=0,
+        description="times a crashed trial (e.g. its node was lost) is retried from "
+        "its last checkpoint before it counts as failed",
     )
 
     @model_validator(mode="after")
@@ -148,8 +151,10 @@ class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
     gpu: float = Field(0.0, ge=0, description="GPUs (or a fraction) per trial")
     micro_batch_size: int | None = Field(
-        None, ge=1, description="the largest batch one forward/backward pass takes; a larger "
-        "searched batch (always the global batch) accumulates gradients over micro-batches"
+        None,
+        ge=1,
+        description="the largest batch one forward/backward pass takes; a larger "
+        "searched batch (always the global batch) accumulates gradients over micro-batches",
     )
 
 
@@ -166,8 +171,10 @@ class ModelChoice(_Strict):
 class TrackingSpec(_Strict):
     uri: str = "sqlite:///mlruns.db"
     retry_seconds: float = Field(
-        300.0, gt=0, description="how long to retry an unreachable tracking server before the "
-        "study stops (unsent records are kept for --resume)"
+        300.0,
+        gt=0,
+        description="how long to retry an unreachable tracking server before the "
+        "study stops (unsent records are kept for --resume)",
     )
 
 
@@ -175,8 +182,9 @@ class CorpusSpec(_Strict):
     """What masked-LM pretraining reads: GUE train splits, or windows sampled from FASTA files."""
 
     gue_tasks: list[str] | Literal["self"] | None = Field(
-        None, description="train splits of these GUE datasets (default in a study: its tasks); "
-        "'self': each task pretrains on its own train split only (self-pretraining)"
+        None,
+        description="train splits of these GUE datasets (default in a study: its tasks); "
+        "'self': each task pretrains on its own train split only (self-pretraining)",
     )
     fasta: list[str] | None = Field(None, description="FASTA files (plain or bgzip)")
     window_bp: int = Field(512, ge=8, description="length of each sampled FASTA window")
@@ -218,22 +226,36 @@ class ExternalCheckpoint(_Strict):
     (an axis value that must also be on the tokenizer axis, e.g. ``bpe:/models/DNABERT-2``).
     """
 
-    path: str = Field(description="local folder: config.json, weights (pytorch_model.bin or "
-                      "model.safetensors), remote code if any")
+    path: str = Field(
+        description="local folder: config.json, weights (pytorch_model.bin or "
+        "model.safetensors), remote code if any"
+    )
     tokenizer: str = Field(description="its tokenizer, as an axis value (bpe:PATH)")
-    device_hours: float = Field(ge=0, description="declared pretraining cost, in hours of "
-                                "`device` (GPU-hours, or CPU core-hours)")
-    device: Literal["gpu", "cpu"] = Field("gpu", description="the kind of device the declared "
-                                          "device-hours are of")
-    device_name: str | None = Field(None, description="the device it was pretrained on, as "
-                                    "torch names it (e.g. 'NVIDIA A100'); it matches the "
-                                    "study's price table")
-    price_per_hour: float | None = Field(None, ge=0, description="declared price per "
-                                         "device-hour; without it the study's price table "
-                                         "prices it")
+    device_hours: float = Field(
+        ge=0,
+        description="declared pretraining cost, in hours of "
+        "`device` (GPU-hours, or CPU core-hours)",
+    )
+    device: Literal["gpu", "cpu"] = Field(
+        "gpu", description="the kind of device the declared device-hours are of"
+    )
+    device_name: str | None = Field(
+        None,
+        description="the device it was pretrained on, as "
+        "torch names it (e.g. 'NVIDIA A100'); it matches the "
+        "study's price table",
+    )
+    price_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="declared price per device-hour; without it the study's price table prices it",
+    )
     trust_remote_code: bool = False
-    search_space: str = Field("transformer", description="the search space file both of its "
-                              "cells are searched with (search_spaces/<name>.yaml)")
+    search_space: str = Field(
+        "transformer",
+        description="the search space file both of its "
+        "cells are searched with (search_spaces/<name>.yaml)",
+    )
 
 
 class CellPattern(_Strict):
@@ -246,15 +268,18 @@ class CellPattern(_Strict):
     family: Literal["transformer", "convolutional", "baseline"] | None = None
     pretrained: bool | None = None
 
-    def matches(self, *, architecture: str, pretraining: str, tokenizer: str,
-                family: str | None = None) -> bool:
+    def matches(
+        self, *, architecture: str, pretraining: str, tokenizer: str, family: str | None = None
+    ) -> bool:
         from fnmatch import fnmatchcase
 
-        return (fnmatchcase(architecture, self.architecture)
-                and fnmatchcase(pretraining, self.pretraining)
-                and fnmatchcase(tokenizer, self.tokenizer)
-                and (self.family is None or family == self.family)
-                and (self.pretrained is None or self.pretrained == (pretraining != "none")))
+        return (
+            fnmatchcase(architecture, self.architecture)
+            and fnmatchcase(pretraining, self.pretraining)
+            and fnmatchcase(tokenizer, self.tokenizer)
+            and (self.family is None or family == self.family)
+            and (self.pretrained is None or self.pretrained == (pretraining != "none"))
+        )
 
 
 class Contrast(_Strict):
@@ -316,21 +341,27 @@ class StudySpec(_Strict):
     def _architectures_known(self) -> StudySpec:
         clash = sorted(set(self.external_checkpoints) & set(ARCHITECTURES))
         if clash:
-            raise ValueError(f"external_checkpoints {clash}: a checkpoint needs a name other "
-                             f"than the built-in architectures {list(ARCHITECTURES)}")
+            raise ValueError(
+                f"external_checkpoints {clash}: a checkpoint needs a name other "
+                f"than the built-in architectures {list(ARCHITECTURES)}"
+            )
         allowed = (*ARCHITECTURES, *self.external_checkpoints)
         unknown = [a for a in self.axes.architecture if a not in allowed]
         if unknown:
-            raise ValueError(f"axes.architecture: unknown value(s) {unknown}; allowed: "
-                             f"{list(ARCHITECTURES)} or a name of external_checkpoints")
+            raise ValueError(
+                f"axes.architecture: unknown value(s) {unknown}; allowed: "
+                f"{list(ARCHITECTURES)} or a name of external_checkpoints"
+            )
         from ablate.models.registry import TOKENIZER_KINDS
 
         for arch in self.axes.architecture:
             kinds = TOKENIZER_KINDS.get(arch)
             if kinds and not any(t.partition(":")[0] in kinds for t in self.axes.tokenizer):
-                raise ValueError(f"axes.architecture: {arch} counts k-mers of single-nucleotide "
-                                 f"tokens; add {' or '.join(kinds)} to axes.tokenizer (its cells "
-                                 "use it only)")
+                raise ValueError(
+                    f"axes.architecture: {arch} counts k-mers of single-nucleotide "
+                    f"tokens; add {' or '.join(kinds)} to axes.tokenizer (its cells "
+                    "use it only)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -360,15 +391,20 @@ class StudySpec(_Strict):
                     )
         for name in self.models:
             if name in self.external_checkpoints:
-                raise ValueError(f"models.{name}: an external checkpoint's size is its config; "
-                                 "it takes no preset or overrides")
+                raise ValueError(
+                    f"models.{name}: an external checkpoint's size is its config; "
+                    "it takes no preset or overrides"
+                )
             if name not in ARCHITECTURES:
-                raise ValueError(f"models: unknown architecture {name!r}; allowed: "
-                                 f"{list(ARCHITECTURES)}")
+                raise ValueError(
+                    f"models: unknown architecture {name!r}; allowed: {list(ARCHITECTURES)}"
+                )
         for task in self.budget.max_epochs_by_task:
             if task not in self.data.tasks:
-                raise ValueError(f"budget.max_epochs_by_task: {task!r} is not one of data.tasks "
-                                 f"{self.data.tasks}")
+                raise ValueError(
+                    f"budget.max_epochs_by_task: {task!r} is not one of data.tasks "
+                    f"{self.data.tasks}"
+                )
         return self
 
     def tokenizer_choices(self) -> dict[str, TokenizerChoice]:
@@ -378,8 +414,9 @@ class StudySpec(_Strict):
             from ablate.tokenization import parse_tokenizer_choice
 
             self._tokenizer_choices = {
-                value: parse_tokenizer_choice(_expand(value), default_k=self.tokenizers.kmer_k,
-                                              base_dir=Path(self.base_dir))
+                value: parse_tokenizer_choice(
+                    _expand(value), default_k=self.tokenizers.kmer_k, base_dir=Path(self.base_dir)
+                )
                 for value in self.axes.tokenizer
             }
         return self._tokenizer_choices
@@ -553,8 +590,16 @@ def expand_cells(spec: StudySpec) -> list[Cell]:
             for pre in spec.axes.pretraining:
                 for tok in spec.axes.tokenizer:
                     if _is_cell(spec, arch, pre, tok):
-                        cells.append(Cell(arch, pre, tok, task, family_of(spec, arch),
-                                          arch if arch in spec.external_checkpoints else ""))
+                        cells.append(
+                            Cell(
+                                arch,
+                                pre,
+                                tok,
+                                task,
+                                family_of(spec, arch),
+                                arch if arch in spec.external_checkpoints else "",
+                            )
+                        )
     return cells
 
 
@@ -614,8 +659,15 @@ class ParamSpec(_Strict):
 # ``batch_size`` is the global batch (reached by gradient accumulation where a micro-batch limit
 # applies), ``schedule`` is "linear" or "cosine" decay after warm-up, and warm-up is given as
 # ``warmup_steps`` (optimizer steps; wins if both are searched) or ``warmup_ratio``.
-TRAINING_PARAMS = ("learning_rate", "weight_decay", "dropout", "warmup_ratio", "warmup_steps",
-                   "batch_size", "schedule")
+TRAINING_PARAMS = (
+    "learning_rate",
+    "weight_decay",
+    "dropout",
+    "warmup_ratio",
+    "warmup_steps",
+    "batch_size",
+    "schedule",
+)
 
 
 class SearchSpace(_Strict):
@@ -644,8 +696,9 @@ class SearchSpace(_Strict):
         return self
 
 
-def load_search_space(directory: Path, architecture: str,
-                      file_name: str | None = None) -> SearchSpace:
+def load_search_space(
+    directory: Path, architecture: str, file_name: str | None = None
+) -> SearchSpace:
     """``<directory>/<file_name or architecture>.yaml``, checked to be ``architecture``'s (an
     external checkpoint's cells use another architecture's file, ``file_name``)."""
     path = Path(directory) / f"{file_name or architecture}.yaml"

@@ -15,8 +15,10 @@ What every trial of a cell shares is a ``CellPlan`` (``ablate.trial``), built on
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from ablate.errors import AblateError
 from ablate.shards import TaskInputs
 from ablate.spec import Cell, SearchSpace, StudySpec, expand_cells
 from ablate.trial import (
+    FINISHED,
     CellPlan,
     ModelPlan,
     ModelSource,
@@ -100,13 +103,22 @@ def prepare_inputs(
     for value, choice in spec.tokenizer_choices().items():
         progress(f"building tokenizer {value}")
         tokenizer, tok_file = resolve_tokenizer(
-            choice, gue_root=gue_root, tasks=spec.data.tasks, work_dir=spec.work_path,
-            bpe_vocab_size=spec.tokenizers.bpe_vocab_size, progress=progress,
+            choice,
+            gue_root=gue_root,
+            tasks=spec.data.tasks,
+            work_dir=spec.work_path,
+            bpe_vocab_size=spec.tokenizers.bpe_vocab_size,
+            progress=progress,
         )
         for task in spec.data.tasks:
             progress(f"tokenizing {task} with {value}")
             inputs[(task, value)] = prepare_task_inputs(
-                gue_root, task, choice, tokenizer, tok_file, work_dir=spec.work_path,
+                gue_root,
+                task,
+                choice,
+                tokenizer,
+                tok_file,
+                work_dir=spec.work_path,
                 drop_train_duplicates=spec.data.drop_train_duplicates,
             )
     return inputs
@@ -137,29 +149,39 @@ def token_limits(spec: StudySpec, inputs: dict[tuple[str, str], TaskInputs]) -> 
     return limits
 
 
-def model_plans(spec: StudySpec, cells: list[Cell], spaces: dict[str, SearchSpace],
-                inputs: dict[tuple[str, str], TaskInputs]) -> dict[str, ModelPlan]:
+def model_plans(
+    spec: StudySpec,
+    cells: list[Cell],
+    spaces: dict[str, SearchSpace],
+    inputs: dict[tuple[str, str], TaskInputs],
+) -> dict[str, ModelPlan]:
     """Each cell's model: the spec's preset (else its search space's), overrides, token limit."""
     limits = token_limits(spec, inputs)
     plans = {}
     for cell in cells:
         if cell.checkpoint:  # its size is its config
-            plans[cell.name] = ModelPlan(architecture=cell.architecture, preset="checkpoint",
-                                         token_limit=limits[cell.tokenizer])
+            plans[cell.name] = ModelPlan(
+                architecture=cell.architecture,
+                preset="checkpoint",
+                token_limit=limits[cell.tokenizer],
+            )
             continue
         choice = spec.models.get(cell.architecture)
         preset = (choice.preset if choice and choice.preset else None) or spaces[
-            cell.architecture].preset
+            cell.architecture
+        ].preset
         plans[cell.name] = ModelPlan(
-            architecture=cell.architecture, preset=preset,
+            architecture=cell.architecture,
+            preset=preset,
             overrides=dict(choice.overrides) if choice else {},
             token_limit=limits[cell.tokenizer],
         )
     return plans
 
 
-def prepare_study(spec: StudySpec, gue_dir: str | None,
-                  progress: Callable[[str], None] = print) -> PreparedStudy:
+def prepare_study(
+    spec: StudySpec, gue_dir: str | None, progress: Callable[[str], None] = print
+) -> PreparedStudy:
     """Cells, search spaces, tokenized shards and models of a study; nothing needs Ray yet."""
     from ablate.spec import load_search_space
 
@@ -167,8 +189,9 @@ def prepare_study(spec: StudySpec, gue_dir: str | None,
     spaces = {}
     for arch in spec.axes.architecture:
         external = spec.external_checkpoints.get(arch)
-        spaces[arch] = load_search_space(spec.search_space_path, arch,
-                                         external.search_space if external else None)
+        spaces[arch] = load_search_space(
+            spec.search_space_path, arch, external.search_space if external else None
+        )
     gue_root = resolve_gue_dir(spec, gue_dir)
     inputs = prepare_inputs(spec, gue_root, progress)
     data_tag = (
@@ -178,12 +201,20 @@ def prepare_study(spec: StudySpec, gue_dir: str | None,
     )
     models = model_plans(spec, cells, spaces, inputs)
     check_like_for_like(cells, models)
-    return PreparedStudy(cells, spaces, gue_root, inputs, models, data_tag,
-                         task_caveats(gue_root, spec.data.tasks, progress))
+    return PreparedStudy(
+        cells,
+        spaces,
+        gue_root,
+        inputs,
+        models,
+        data_tag,
+        task_caveats(gue_root, spec.data.tasks, progress),
+    )
 
 
-def task_caveats(gue_root: Path, tasks: list[str],
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+def task_caveats(
+    gue_root: Path, tasks: list[str], progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """What each task's data lets it measure (composition-matched negatives, say): task ->
     ``CompositionCaveat``, logged on its cells' runs and stated in the report."""
     from ablate.data.caveats import read_composition_caveat
@@ -197,8 +228,7 @@ def task_caveats(gue_root: Path, tasks: list[str],
 
 def pretraining_partner(cell: Cell) -> Cell:
     """The cell a pretrained cell is compared with: the same model from scratch."""
-    return Cell(cell.architecture, "none", cell.tokenizer, cell.task, cell.family,
-                cell.checkpoint)
+    return Cell(cell.architecture, "none", cell.tokenizer, cell.task, cell.family, cell.checkpoint)
 
 
 def check_like_for_like(cells: list[Cell], models: dict[str, ModelPlan]) -> None:
@@ -215,13 +245,13 @@ def check_like_for_like(cells: list[Cell], models: dict[str, ModelPlan]) -> None
         if cell.pretraining == "none" or partner.name not in names:
             continue
         if models[cell.name] != models[partner.name]:
-            bad.append(f"{cell.name} ({models[cell.name]}) vs {partner.name} "
-                       f"({models[partner.name]})")
+            bad.append(
+                f"{cell.name} ({models[cell.name]}) vs {partner.name} ({models[partner.name]})"
+            )
     if bad:
         raise AblateError(
             "these pretraining comparisons would compare different models; a pretrained cell "
-            "and its 'none' partner must be the same architecture and size:\n  "
-            + "\n  ".join(bad)
+            "and its 'none' partner must be the same architecture and size:\n  " + "\n  ".join(bad)
         )
 
 
@@ -254,9 +284,13 @@ def _model_files(folder: Path) -> Any:
     return ray.put({p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()})
 
 
-def _external_sources(spec: StudySpec, cells: list[Cell], tracking_uri: str,
-                      model_files: dict[str, Any], progress: Callable[[str], None]
-                      ) -> dict[str, ModelSource]:
+def _external_sources(
+    spec: StudySpec,
+    cells: list[Cell],
+    tracking_uri: str,
+    model_files: dict[str, Any],
+    progress: Callable[[str], None],
+) -> dict[str, ModelSource]:
     """Both arms of each external checkpoint: the checkpoint (registered once with its
     declared cost) and its config at random init. The folder's files are shared once."""
     from ablate.pretrain import register_external
@@ -273,19 +307,29 @@ def _external_sources(spec: StudySpec, cells: list[Cell], tracking_uri: str,
         if name not in model_files:
             model_files[name] = _model_files(folder)
         if cell.pretraining == "none":
-            sources[cell.name] = ModelSource("external-config", weights_key=name,
-                                             trust_remote_code=external.trust_remote_code)
+            sources[cell.name] = ModelSource(
+                "external-config", weights_key=name, trust_remote_code=external.trust_remote_code
+            )
             continue
         if name not in registered:
             result = register_external(
-                name, folder, device_hours=external.device_hours, tracking_uri=tracking_uri,
-                device=external.device, device_name=external.device_name,
-                price_per_hour=external.price_per_hour, extra_tags={Tag.STUDY: spec.name},
+                name,
+                folder,
+                device_hours=external.device_hours,
+                tracking_uri=tracking_uri,
+                device=external.device,
+                device_name=external.device_name,
+                price_per_hour=external.price_per_hour,
+                extra_tags={Tag.STUDY: spec.name},
             )
             progress(f"external checkpoint {name}: run {result.run_id}")
             registered[name] = result.run_id
-        sources[cell.name] = ModelSource("external", registered[name], weights_key=name,
-                                         trust_remote_code=external.trust_remote_code)
+        sources[cell.name] = ModelSource(
+            "external",
+            registered[name],
+            weights_key=name,
+            trust_remote_code=external.trust_remote_code,
+        )
     return sources
 
 
@@ -313,10 +357,15 @@ def pretrain_for_study(
             continue
         model = prepared.models[cell.name]
         job = PretrainJob(
-            name=name, recipe=_study_recipe(spec, name, cell.task), architecture=cell.architecture,
-            preset=model.preset, overrides=dict(model.overrides), tokenizer_value=cell.tokenizer,
+            name=name,
+            recipe=_study_recipe(spec, name, cell.task),
+            architecture=cell.architecture,
+            preset=model.preset,
+            overrides=dict(model.overrides),
+            tokenizer_value=cell.tokenizer,
             tokenizer_path=prepared.inputs[(cell.task, cell.tokenizer)].tokenizer_path,
-            gue_dir=str(prepared.gue_root), token_limit=model.token_limit,
+            gue_dir=str(prepared.gue_root),
+            token_limit=model.token_limit,
             held_out_tasks=tuple(spec.data.tasks),
         )
         jobs.setdefault(job.key, job)
@@ -326,8 +375,13 @@ def pretrain_for_study(
     sources = _external_sources(spec, prepared.cells, tracking_uri, model_files, progress)
     for key, job in jobs.items():
         result = run_pretraining(
-            job, tracking_uri=tracking_uri, work_dir=spec.work_path, storage=storage,
-            progress=progress, extra_tags={Tag.STUDY: spec.name}, prices=dict(spec.prices),
+            job,
+            tracking_uri=tracking_uri,
+            work_dir=spec.work_path,
+            storage=storage,
+            progress=progress,
+            extra_tags={Tag.STUDY: spec.name},
+            prices=dict(spec.prices),
         )
         model_files[key] = _model_files(Path(result.model_dir))
         for cell_name, cell_key in job_of_cell.items():
@@ -336,8 +390,9 @@ def pretrain_for_study(
     return sources, model_files
 
 
-def cell_plans(spec: StudySpec, prepared: PreparedStudy,
-               sources: dict[str, ModelSource]) -> dict[str, CellPlan]:
+def cell_plans(
+    spec: StudySpec, prepared: PreparedStudy, sources: dict[str, ModelSource]
+) -> dict[str, CellPlan]:
     """The one place a cell's fixed trial context is built: cell name -> ``CellPlan``."""
     from ablate.data.gue import get_dataset
 
@@ -365,26 +420,44 @@ def cell_epochs(spec: StudySpec, cells: list[Cell]) -> dict[str, int]:
 
 
 def share_splits(
-    inputs: dict[tuple[str, str], TaskInputs], progress: Callable[[str], None] = print,
+    inputs: dict[tuple[str, str], TaskInputs],
+    progress: Callable[[str], None] = print,
     with_test: bool = False,
+    storage: str | None = None,
+    work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Read every train/dev (and test) shard set once through Ray Data; share each.
 
     Returns shard-set folder -> object ref; a trial fetches only the splits of its own cell.
+    With a ``storage`` apart from ``work_dir``, the shard sets are read from there, by tasks on
+    any node (``ablate.storage``).
     """
     import ray
 
     from ablate.shards import read_shard_sets
+    from ablate.storage import storage_warning
 
+    warning = storage_warning(
+        storage, Path(work_dir or "."), sum(1 for node in ray.nodes() if node["Alive"])
+    )
+    if warning:
+        progress(f"warning: {warning}")
     names = ("train", "dev", "test") if with_test else ("train", "dev")
-    pad_of = {item.splits[s]: item.pad_id for item in inputs.values() for s in names
-              if s in item.splits}
+    pad_of = {
+        item.splits[s]: item.pad_id for item in inputs.values() for s in names if s in item.splits
+    }
     progress(f"reading {len(pad_of)} shard sets through Ray Data")
     shared = {}
     for pad in sorted(set(pad_of.values())):  # padded with each tokenizer's own id
         folders = sorted(f for f, p in pad_of.items() if p == pad)
-        shared.update({folder: ray.put(value)
-                       for folder, value in read_shard_sets(folders, pad).items()})
+        shared.update(
+            {
+                folder: ray.put(value)
+                for folder, value in read_shard_sets(
+                    folders, pad, storage=storage, work_dir=work_dir
+                ).items()
+            }
+        )
     return shared
 
 
@@ -413,8 +486,13 @@ class Sweep:
     extra_tags: dict[str, str]
 
 
-def open_sweep(spec: StudySpec, prepared: PreparedStudy, tracking_uri: str, resume: bool,
-               progress: Callable[[str], None]) -> Sweep:
+def open_sweep(
+    spec: StudySpec,
+    prepared: PreparedStudy,
+    tracking_uri: str,
+    resume: bool,
+    progress: Callable[[str], None],
+) -> Sweep:
     """A new sweep id (or, with ``resume``, the latest one, if this schema wrote it) and its
     cell runs."""
     from mlflow import MlflowClient
@@ -449,8 +527,9 @@ def open_sweep(spec: StudySpec, prepared: PreparedStudy, tracking_uri: str, resu
         caveat = prepared.caveats.get(cell.task)
         if caveat is not None and caveat.statement is not None:
             per_cell[cell.name][Tag.CAVEAT] = caveat.statement
-    cell_runs = open_cell_runs(client, experiment_id, spec.name, sweep, prepared.cells,
-                               extra_tags, per_cell)
+    cell_runs = open_cell_runs(
+        client, experiment_id, spec.name, sweep, prepared.cells, extra_tags, per_cell
+    )
     _log_caveats(client, prepared, cell_runs)
     return Sweep(client, experiment_id, sweep, cell_runs, extra_tags)
 
@@ -468,18 +547,23 @@ def _log_caveats(client: Any, prepared: PreparedStudy, cell_runs: dict[str, str]
         caveat = prepared.caveats.get(cell.task)
         values = caveat_metrics(caveat) if caveat is not None else {}
         if values:
-            client.log_batch(cell_runs[cell.name], metrics=[
-                Metric(name, float(value), now, 0) for name, value in values.items()])
+            client.log_batch(
+                cell_runs[cell.name],
+                metrics=[Metric(name, float(value), now, 0) for name, value in values.items()],
+            )
 
 
 def _ranges_json(space: SearchSpace) -> str:
     """A cell's search ranges as JSON (the report checks best values against their edges)."""
     import json
 
-    return json.dumps({
-        "params": {k: v.model_dump() for k, v in space.params.items()},
-        "model_params": {k: v.model_dump() for k, v in space.model_params.items()},
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "params": {k: v.model_dump() for k, v in space.params.items()},
+            "model_params": {k: v.model_dump() for k, v in space.model_params.items()},
+        },
+        sort_keys=True,
+    )
 
 
 def _storage_path(spec: StudySpec, storage: str | None) -> str:
@@ -491,16 +575,30 @@ def _dirname(prefix: str) -> Callable[[Any], str]:
     return lambda trial: f"{prefix}_{trial.trial_id}"
 
 
-def build_tuner(trainable: Any, *, path: str, restore: bool, search_alg: Any,
-                callbacks: list, spec: StudySpec, dirname_prefix: str,
-                scheduler: Any = None, max_concurrent_trials: int | None = None) -> Any:
+def build_tuner(
+    trainable: Any,
+    *,
+    path: str,
+    restore: bool,
+    search_alg: Any,
+    callbacks: list,
+    spec: StudySpec,
+    dirname_prefix: str,
+    scheduler: Any = None,
+    max_concurrent_trials: int | None = None,
+) -> Any:
     """The one Tuner builder (search and replicates): a new experiment at ``path``, or the
     saved one restored."""
     from ray import tune
 
     if restore:
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        return tune.Tuner.restore(
+            path,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
     storage_path, name = path.rsplit("/", 1)
     return tune.Tuner(
         trainable,
@@ -528,8 +626,16 @@ def build_tuner(trainable: Any, *, path: str, restore: bool, search_alg: Any,
     )
 
 
-def _search(spec: StudySpec, prepared: PreparedStudy, trainable: Any, path: str, resume: bool,
-            logger: Any, progress: Callable[[str], None]) -> Any:
+def _search(
+    spec: StudySpec,
+    prepared: PreparedStudy,
+    trainable: Any,
+    path: str,
+    resume: bool,
+    logger: Any,
+    progress: Callable[[str], None],
+    stop: Interruption | None = None,
+) -> Any:
     """The search: every cell's trials as one Tune experiment."""
     from ray import tune
 
@@ -541,37 +647,66 @@ def _search(spec: StudySpec, prepared: PreparedStudy, trainable: Any, path: str,
     budget = spec.budget
     epochs = cell_epochs(spec, prepared.cells)
     searcher = CellSearcher(
-        prepared.cells, prepared.spaces, trials_per_cell=budget.trials_per_cell,
-        max_epochs=epochs, max_concurrent=budget.concurrent_trials, seed=spec.seed,
+        prepared.cells,
+        prepared.spaces,
+        trials_per_cell=budget.trials_per_cell,
+        max_epochs=epochs,
+        max_concurrent=budget.concurrent_trials,
+        seed=spec.seed,
         startup_trials=budget.startup_trials,
     )
-    scheduler = CellScheduler([c.name for c in prepared.cells], max_t=epochs,
-                              grace_period=budget.grace_epochs, rf=budget.reduction_factor)
+    scheduler = CellScheduler(
+        [c.name for c in prepared.cells],
+        max_t=epochs,
+        grace_period=budget.grace_epochs,
+        rf=budget.reduction_factor,
+    )
     total = len(prepared.cells) * budget.trials_per_cell
     tuner = build_tuner(
-        trainable, path=path, restore=resume, search_alg=searcher, scheduler=scheduler,
-        callbacks=[logger, TrialProgress(total, epochs, progress)], spec=spec,
+        trainable,
+        path=path,
+        restore=resume,
+        search_alg=searcher,
+        scheduler=scheduler,
+        callbacks=[logger, TrialProgress(total, epochs, progress)],
+        spec=spec,
         dirname_prefix="trial",
     )
-    return _fit(tuner)
+    return _fit(tuner, stop)
 
 
-def _replicate(spec: StudySpec, results: Any, trainable: Any, path: str, resume: bool,
-               logger: Any, progress: Callable[[str], None]) -> int:
+def _replicate(
+    spec: StudySpec,
+    results: Any,
+    trainable: Any,
+    path: str,
+    resume: bool,
+    logger: Any,
+    progress: Callable[[str], None],
+    stop: Interruption | None = None,
+) -> int:
     """Re-train each cell's best configuration once per replicate seed; how many runs."""
     from ray import tune
 
+    if stop is not None:
+        stop.check()  # stopped between the two experiments: never start the second
     configs = replicate_configs(spec, results, progress)
-    progress(f"re-training the best configuration of each cell as replicates "
-             f"{spec.replicates} (fresh seeds): {len(configs)} runs, evaluated once on test")
+    progress(
+        f"re-training the best configuration of each cell as replicates "
+        f"{spec.replicates} (fresh seeds): {len(configs)} runs, evaluated once on test"
+    )
     epochs = cell_epochs(spec, expand_cells(spec))
     tuner = build_tuner(
-        trainable, path=path, restore=resume and tune.Tuner.can_restore(path),
-        search_alg=FixedConfigs(configs), max_concurrent_trials=spec.budget.concurrent_trials,
+        trainable,
+        path=path,
+        restore=resume and tune.Tuner.can_restore(path),
+        search_alg=FixedConfigs(configs),
+        max_concurrent_trials=spec.budget.concurrent_trials,
         callbacks=[logger, TrialProgress(len(configs), epochs, progress)],
-        spec=spec, dirname_prefix="replicate",
+        spec=spec,
+        dirname_prefix="replicate",
     )
-    _fit(tuner)
+    _fit(tuner, stop)
     return len(configs)
 
 
@@ -585,6 +720,7 @@ def run_study(
     resume: bool = False,
     progress: Callable[[str], None] = print,
     spec_file: str | Path | None = None,
+    resume_command: str | None = None,
 ) -> StudyRun:
     """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
 
@@ -596,11 +732,17 @@ def run_study(
     The sweep's provenance (``ablate.provenance``: ``spec_file``'s text, search spaces,
     versions, data hashes, hardware and, at its end, every suggested configuration) goes on
     one ``Stage.SWEEP`` run of the study's experiment.
+
+    SIGINT or SIGTERM during the search or the replicates stops the study cleanly (Tune saves
+    its state one last time; a second signal skips that): no later stage starts, the cell runs
+    and the provenance run end KILLED, and ``StudyInterrupted`` is raised. A tracking outage
+    past ``tracking.retry_seconds`` raises ``TrackingUnavailable`` at once, naming the spool
+    and ``resume_command`` (default ``ablate run <spec_file> --resume``); nothing more is sent.
     """
     from ray import tune
 
-    from ablate.provenance import record_sweep_end, record_sweep_start
-    from ablate.tracking.writer import MLflowTrialLogger, link_pretraining
+    from ablate.provenance import record_sweep_start
+    from ablate.tracking.writer import MLflowTrialLogger, TrackingUnavailable, link_pretraining
     from ablate.training import train_trial
 
     prepared = prepare_study(spec, gue_dir, progress)
@@ -613,43 +755,91 @@ def run_study(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     TRIALS_SEEN.clear()
     init_ray(address, spec)
-    provenance_run = record_sweep_start(spec, prepared, sweep, spec_file=spec_file,
-                                        progress=progress)
+    provenance_run = record_sweep_start(
+        spec, prepared, sweep, spec_file=spec_file, progress=progress
+    )
 
     sources, model_files = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
     plans = cell_plans(spec, prepared, sources)
     link_pretraining(sweep.client, sweep.cell_runs, plans)
     logger = MLflowTrialLogger(
-        tracking_uri, sweep.experiment_id, spec.name, sweep.sweep, plans, sweep.cell_runs,
+        tracking_uri,
+        sweep.experiment_id,
+        spec.name,
+        sweep.sweep,
+        plans,
+        sweep.cell_runs,
         sweep.extra_tags,
         spool_path=str(spec.work_path / "tracking_spool" / f"{sweep.sweep}.jsonl"),
         retry_seconds=spec.tracking.retry_seconds,
     )
+    ended: dict[str, dict] = {}
     if resume:
         logger.load_spool()  # records a stopped driver could not send go first
-    split_arrays = share_splits(prepared.inputs, progress, with_test=bool(spec.replicates))
+        ended = ended_trials(sweep)
+    split_arrays = share_splits(
+        prepared.inputs,
+        progress,
+        with_test=bool(spec.replicates),
+        storage=storage_path,
+        work_dir=spec.work_path,
+    )
     resources = Resources(cpu=spec.resources.cpu, gpu=spec.resources.gpu).for_tune()
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, plans=plans, split_arrays=split_arrays,
-                             model_files=model_files), resources)
+        tune.with_parameters(
+            train_trial,
+            plans=plans,
+            split_arrays=split_arrays,
+            model_files=model_files,
+            ended=ended,
+        ),
+        resources,
+    )
     experiment_path = f"{storage_path.rstrip('/')}/{sweep.sweep}"
 
+    command = resume_command or f"ablate run {spec_file or '<spec>'} --resume"
     status = "FAILED"
-    try:
-        results = _search(spec, prepared, trainable, experiment_path, resume, logger, progress)
-        replicated = 0
-        if spec.replicates:
-            replicated = _replicate(spec, results, trainable, f"{experiment_path}-replicates",
-                                    resume, logger, progress)
-        lost = logger.close_lost_runs()
-        if lost:
-            progress(f"closed {lost} run(s) of trials lost when the earlier driver stopped "
-                     "(their slots were run again)")
-        status = "FINISHED"
-    finally:
-        logger.close_cells(status)
-        record_sweep_end(sweep, provenance_run, status=status, study_seed=spec.seed,
-                         progress=progress)
+    outage = False
+    replicated = 0
+    with Interruption() as stop:
+        try:
+            results = _search(
+                spec, prepared, trainable, experiment_path, resume, logger, progress, stop
+            )
+            if spec.replicates:
+                replicated = _replicate(
+                    spec,
+                    results,
+                    trainable,
+                    f"{experiment_path}-replicates",
+                    resume,
+                    logger,
+                    progress,
+                    stop,
+                )
+            lost = logger.close_lost_runs()
+            if lost:
+                progress(
+                    f"closed {lost} run(s) of trials lost when the earlier driver stopped "
+                    "(their slots were run again)"
+                )
+            status = "FINISHED"
+        except StudyInterrupted:
+            status = "KILLED"
+            raise
+        except KeyboardInterrupt:  # a second signal: Tune stopped at once
+            if stop.signum is None:
+                raise
+            status = "KILLED"
+            raise StudyInterrupted(stop.signum) from None
+        except TrackingUnavailable as exc:
+            # MLflow stayed down for retry_seconds already: closing the runs would only wait
+            # as long again. They are closed by the resume, which sends the spool first.
+            outage = True
+            raise exc.with_resume(command) from None
+        finally:
+            if not outage:
+                _close_sweep(logger, sweep, provenance_run, status, spec.seed, progress)
     return StudyRun(
         experiment_id=sweep.experiment_id,
         sweep=sweep.sweep,
@@ -661,12 +851,149 @@ def run_study(
     )
 
 
-def _fit(tuner: Any) -> Any:
-    """``tuner.fit()``, surfacing a tracking outage as itself (Tune wraps callback errors)."""
+def ended_trials(sweep: Sweep) -> dict[str, dict]:
+    """The last result of each trial of ``sweep`` that ended by its own doing, by trial id, as
+    the trainable replays it (``train_trial``'s ``ended``): a completed one is ``finished``."""
+    from ablate.tracking.reader import ended_trial_results
+    from ablate.tracking.schema import Outcome
+
+    return {
+        trial_id: {**result, FINISHED: outcome == Outcome.COMPLETED}
+        for trial_id, (outcome, result) in ended_trial_results(
+            sweep.client, sweep.experiment_id, sweep.sweep
+        ).items()
+    }
+
+
+def _close_sweep(
+    logger: Any,
+    sweep: Sweep,
+    provenance_run: str,
+    status: str,
+    study_seed: int,
+    progress: Callable[[str], None],
+) -> None:
+    """End the cell runs and the provenance run with the sweep's ``status``. After a stopped
+    or failed sweep a tracking failure here is only reported, never hiding why it stopped."""
+    from ablate.provenance import record_sweep_end
     from ablate.tracking.writer import TrackingUnavailable
 
     try:
-        return tuner.fit()
+        logger.close_cells(status)
+    except TrackingUnavailable as exc:
+        if status == "FINISHED":
+            raise
+        progress(f"cell runs not closed ({getattr(exc, 'reason', exc)})")
+        return
+    record_sweep_end(sweep, provenance_run, status=status, study_seed=study_seed, progress=progress)
+
+
+class StudyInterrupted(Exception):  # noqa: N818  (not an error: the user stopped the study)
+    """The study was stopped by SIGINT or SIGTERM; its state is saved for ``--resume``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # as a shell reports a process the signal ended
+        super().__init__(f"stopped by {self.signal_name}")
+
+
+# What Ray Tune logs when it stops on a signal: its own restore hint (`Tuner.restore(...)`,
+# which is not how an ablate study continues) and notes the study replaces with its own.
+_TUNE_STOP_NOTES = (
+    "Stop signal received",
+    "Resume experiment with",
+    "Resume training with",
+    "Trials did not complete",
+)
+
+
+class _QuietTuneStop(logging.Filter):
+    def __init__(self, stop: Interruption) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.stop.signum is None:
+            return True
+        message = record.getMessage()
+        return not any(note in message for note in _TUNE_STOP_NOTES)
+
+
+class Interruption:
+    """SIGINT and SIGTERM while a study's Tune experiments run: remembered, then handed to Tune.
+
+    Ray Tune stops ``Tuner.fit`` cleanly on SIGINT (or SIGUSR1) and returns as if the
+    experiment had ended, so the study could not tell. Within this context both signals are
+    caught here instead (``TUNE_DISABLE_SIGINT_HANDLER``): the first is recorded and passed to
+    Tune's stop handler, so Tune saves its state and returns, and ``check`` then raises
+    ``StudyInterrupted``. A second signal raises ``KeyboardInterrupt`` at once. Outside the
+    main thread nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._env: str | None = None
+        self._filter = _QuietTuneStop(self)
+
+    def __enter__(self) -> Interruption:
+        import threading
+
+        logging.getLogger("ray.tune.tune").addFilter(self._filter)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        logging.getLogger("ray.tune.tune").removeFilter(self._filter)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            os.write(2, f"\n{name} received again: stopping now\n".encode())
+            raise KeyboardInterrupt
+        self.signum = signum
+        os.write(
+            2,
+            f"\n{name} received: stopping the study after saving its state "
+            f"({name} again stops at once)\n".encode(),
+        )
+        # Tune's handler (always installed for SIGUSR1 while it runs) sets the flag its loop
+        # checks; it then puts this handler back for SIGINT, as it found it.
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if callable(tune_stop):
+            tune_stop(signum, frame)
+
+    def check(self) -> None:
+        """Raise ``StudyInterrupted`` if a signal arrived."""
+        if self.signum is not None:
+            raise StudyInterrupted(self.signum)
+
+
+def _fit(tuner: Any, stop: Interruption | None = None) -> Any:
+    """``tuner.fit()``, surfacing a tracking outage as itself (Tune wraps callback errors) and
+    a stop by signal as ``StudyInterrupted`` (Tune returns as if it had finished)."""
+    from ablate.tracking.writer import TrackingUnavailable
+
+    if stop is not None:
+        stop.check()
+    try:
+        results = tuner.fit()
     except Exception as exc:
         cause: BaseException | None = exc
         while cause is not None:
@@ -674,10 +1001,14 @@ def _fit(tuner: Any) -> Any:
                 raise cause from None
             cause = cause.__cause__ or cause.__context__
         raise
+    if stop is not None:
+        stop.check()
+    return results
 
 
-def replicate_configs(spec: StudySpec, results: Any,
-                      progress: Callable[[str], None]) -> list[dict[str, Any]]:
+def replicate_configs(
+    spec: StudySpec, results: Any, progress: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """Each cell's best completed trial (on dev) re-run once per replicate label, on test.
 
     Replicate ``label`` trains with ``replicate_seed(spec.seed, label)`` in every cell, so
@@ -694,11 +1025,12 @@ def replicate_configs(spec: StudySpec, results: Any,
             continue
         score = float(metrics.get(METRIC, float("-inf")))
         if cell not in best or score > best[cell][0]:
-            best[cell] = (score, TrialConfig.from_tune(result.config),
-                          metrics.get("trial_id", ""))
-    configs = [config.as_replicate(label, spec.seed, trial_id).to_tune()
-               for _cell, (_, config, trial_id) in sorted(best.items())
-               for label in spec.replicates]
+            best[cell] = (score, TrialConfig.from_tune(result.config), metrics.get("trial_id", ""))
+    configs = [
+        config.as_replicate(label, spec.seed, trial_id).to_tune()
+        for _cell, (_, config, trial_id) in sorted(best.items())
+        for label in spec.replicates
+    ]
     missing = {c.name for c in expand_cells(spec)} - set(best)
     for cell in sorted(missing):
         progress(f"cell {cell} has no completed trial: no replicates")

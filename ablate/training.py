@@ -129,13 +129,16 @@ class SplitTensors:
         and no host sync; on a CPU it stays as it is."""
         if device.type != "cuda":
             return self
-        return SplitTensors(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                                     self.labels)))
+        return SplitTensors(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels))
+        )
 
     def batch(self, idx: Any, device: Any) -> tuple[Any, Any, Any]:
         """Rows ``idx`` as (ids, mask, labels) on ``device``."""
-        return tuple(t[idx].to(device, non_blocking=True)
-                     for t in (self.input_ids, self.attention_mask, self.labels))
+        return tuple(
+            t[idx].to(device, non_blocking=True)
+            for t in (self.input_ids, self.attention_mask, self.labels)
+        )
 
 
 def pick_device() -> Any:
@@ -188,8 +191,9 @@ def masked_lm_loss(model: Any, ids: Any, mask: Any, labels: Any) -> Any:
 LossFn = Callable[[Any, Any, Any, Any], Any]
 
 
-def count_step_flops(model: Any, batch: tuple, *, backward: bool,
-                     loss_fn: LossFn = classification_loss) -> int:
+def count_step_flops(
+    model: Any, batch: tuple, *, backward: bool, loss_fn: LossFn = classification_loss
+) -> int:
     """FLOPs of one forward (and backward) pass, counted by ``torch.utils.flop_counter``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -206,9 +210,15 @@ def count_step_flops(model: Any, batch: tuple, *, backward: bool,
     return int(counter.get_total_flops())
 
 
-def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: Any,
-               loss_fn: LossFn = classification_loss, *,
-               micro_batch_size: int | None = None) -> Any:
+def train_step(
+    model: Any,
+    optimizer: Any,
+    batch: tuple[Any, Any, Any],
+    device: Any,
+    loss_fn: LossFn = classification_loss,
+    *,
+    micro_batch_size: int | None = None,
+) -> Any:
     """One optimisation step on a batch of (ids, mask, labels): forward and loss (bf16
     autocast on GPUs, the loss in float32), backward, gradient clipping, optimizer step.
     Returns the detached loss, left on the device (reading it would sync the host).
@@ -232,8 +242,13 @@ def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any, Any], device: 
     return loss
 
 
-def accumulate_gradients(model: Any, batch: tuple[Any, Any, Any], device: Any,
-                         micro_batch_size: int, loss_fn: LossFn = classification_loss) -> Any:
+def accumulate_gradients(
+    model: Any,
+    batch: tuple[Any, Any, Any],
+    device: Any,
+    micro_batch_size: int,
+    loss_fn: LossFn = classification_loss,
+) -> Any:
     """Backward through ``batch`` in ``ceil(rows / micro_batch_size)`` micro-batches of (at
     most) ``micro_batch_size`` rows, adding to the parameters' gradients. Each micro-batch's
     mean loss is weighted by its share of the rows, so the gradients (and the returned detached
@@ -258,8 +273,9 @@ def warmup_steps(hparams: dict[str, Any], total_steps: int) -> int:
     if hparams.get("warmup_steps") is not None:
         steps = int(hparams["warmup_steps"])
     else:
-        steps = int(float(hparams.get("warmup_ratio", DEFAULT_HPARAMS["warmup_ratio"]))
-                    * total_steps)
+        steps = int(
+            float(hparams.get("warmup_ratio", DEFAULT_HPARAMS["warmup_ratio"])) * total_steps
+        )
     return max(0, min(steps, total_steps))
 
 
@@ -273,8 +289,9 @@ def make_scheduler(optimizer: Any, hparams: dict[str, Any], total_steps: int) ->
     schedule = str(hparams.get("schedule", DEFAULT_HPARAMS["schedule"]))
     if schedule not in SCHEDULES:
         raise AblateError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
-    make = (get_cosine_schedule_with_warmup if schedule == "cosine"
-            else get_linear_schedule_with_warmup)
+    make = (
+        get_cosine_schedule_with_warmup if schedule == "cosine" else get_linear_schedule_with_warmup
+    )
     return make(optimizer, warmup_steps(hparams, total_steps), total_steps)
 
 
@@ -312,8 +329,9 @@ def pad_id(inputs: Any) -> int:
     return int(getattr(inputs, "pad_id", PAD_ID))
 
 
-def build_model(plan: CellPlan, trial: TrialConfig,
-                model_files: dict[str, Any] | None = None) -> SequenceClassifier:
+def build_model(
+    plan: CellPlan, trial: TrialConfig, model_files: dict[str, Any] | None = None
+) -> SequenceClassifier:
     """The classifier a cell plan describes, with the trial's dropout and model
     hyperparameters (``trial.model_params``, on top of the plan's overrides).
 
@@ -364,7 +382,9 @@ def _external_classifier(plan: CellPlan, dropout: float, files: Any) -> Sequence
     with tempfile.TemporaryDirectory(prefix="external-") as folder:
         _unpack_files(files, Path(folder))
         model = build_external_classifier(
-            folder, num_classes=plan.inputs.num_classes, dropout=dropout,
+            folder,
+            num_classes=plan.inputs.num_classes,
+            dropout=dropout,
             trust_remote_code=plan.source.trust_remote_code,
             random_init=plan.source.kind == "external-config",
         )
@@ -406,8 +426,9 @@ class Progress:
         known = {f.name for f in fields(Progress)}
         values = {k: v for k, v in state.items() if k in known}
         if "best_dev_score" not in values:
-            values["best_dev_score"] = (float(values.get("best_dev_mcc", -1.0))
-                                        if metric == "mcc" else -math.inf)
+            values["best_dev_score"] = (
+                float(values.get("best_dev_mcc", -1.0)) if metric == "mcc" else -math.inf
+            )
         return Progress(**values)
 
 
@@ -465,8 +486,9 @@ class TrialRun:
         return seconds
 
 
-def load_splits(plan: CellPlan, trial: TrialConfig, split_arrays: dict[str, Any],
-                device: Any) -> dict[str, SplitTensors]:
+def load_splits(
+    plan: CellPlan, trial: TrialConfig, split_arrays: dict[str, Any], device: Any
+) -> dict[str, SplitTensors]:
     """The splits a trial uses (train, dev, and test for a replicate), on its device."""
     import ray
 
@@ -482,18 +504,22 @@ def load_splits(plan: CellPlan, trial: TrialConfig, split_arrays: dict[str, Any]
     return out
 
 
-def _flops_per_sample(model: Any, split: SplitTensors, batch_size: int, device: Any, *,
-                      backward: bool) -> float:
+def _flops_per_sample(
+    model: Any, split: SplitTensors, batch_size: int, device: Any, *, backward: bool
+) -> float:
     """FLOPs per sample of a split, counted once on its first batch: every batch of a split
     has the same padded width."""
     rows = slice(0, min(batch_size, len(split)))
-    probe = tuple(t[rows].to(device) for t in (split.input_ids, split.attention_mask,
-                                               split.labels))
+    probe = tuple(t[rows].to(device) for t in (split.input_ids, split.attention_mask, split.labels))
     return count_step_flops(model, probe, backward=backward) / len(probe[2])
 
 
-def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any],
-                model_files: dict[str, Any] | None) -> TrialRun:
+def setup_trial(
+    trial: TrialConfig,
+    plan: CellPlan,
+    split_arrays: dict[str, Any],
+    model_files: dict[str, Any] | None,
+) -> TrialRun:
     """Seed, load the splits, build the model and optimizer, count FLOPs, restore a checkpoint.
 
     The trial's clock starts here: its set-up is charged as compute, restoring a checkpoint as
@@ -514,22 +540,36 @@ def setup_trial(trial: TrialConfig, plan: CellPlan, split_arrays: dict[str, Any]
 
     model = build_model(plan, trial, model_files).to(device)
     batch_size = int(hparams["batch_size"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(hparams["learning_rate"]),
-                                  weight_decay=float(hparams["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=float(hparams["learning_rate"]),
+        weight_decay=float(hparams["weight_decay"]),
+    )
     # Optimizer steps, one per global batch, whatever the micro-batches.
     total_steps = math.ceil(len(splits["train"]) / batch_size) * plan.max_epochs
     scheduler = make_scheduler(optimizer, hparams, total_steps)
     # FLOPs are counted per sample on one forward/backward pass of the size training runs.
     pass_rows = min(batch_size, plan.micro_batch_size or batch_size)
     run = TrialRun(
-        trial=trial, plan=plan, hparams=hparams, device=device, splits=splits, model=model,
-        optimizer=optimizer, scheduler=scheduler, n_params=count_parameters(model),
-        hardware=hardware, energy=energy,
-        train_flops_per_sample=_flops_per_sample(model, splits["train"], pass_rows, device,
-                                                 backward=True),
-        eval_flops_per_sample=_flops_per_sample(model, splits["dev"], pass_rows, device,
-                                                backward=False),
-        clock=setup_start, progress=Progress(),
+        trial=trial,
+        plan=plan,
+        hparams=hparams,
+        device=device,
+        splits=splits,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        n_params=count_parameters(model),
+        hardware=hardware,
+        energy=energy,
+        train_flops_per_sample=_flops_per_sample(
+            model, splits["train"], pass_rows, device, backward=True
+        ),
+        eval_flops_per_sample=_flops_per_sample(
+            model, splits["dev"], pass_rows, device, backward=False
+        ),
+        clock=setup_start,
+        progress=Progress(),
     )
     _restore(run)
     return run
@@ -573,16 +613,22 @@ def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
     run.samples_this_epoch = 0
     for step in range(math.ceil(len(train) / batch_size)):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        loss = train_step(run.model, run.optimizer, train.batch(idx, device), device,
-                          micro_batch_size=run.micro_batch_size)
+        loss = train_step(
+            run.model,
+            run.optimizer,
+            train.batch(idx, device),
+            device,
+            micro_batch_size=run.micro_batch_size,
+        )
         run.scheduler.step()
         loss_sum += loss * len(idx)
         seen += len(idx)
         run.samples_this_epoch = seen
     train_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(train_loss):
-        raise ModelFailure(FailureKind.NAN_LOSS,
-                           f"training loss became {train_loss} in epoch {epoch}")
+        raise ModelFailure(
+            FailureKind.NAN_LOSS, f"training loss became {train_loss} in epoch {epoch}"
+        )
     return train_loss, seen, time.perf_counter() - start
 
 
@@ -591,8 +637,9 @@ def _keep_if_best(run: TrialRun, epoch: int, dev: dict[str, float]) -> None:
     latest state."""
     score = task_score(dev, run.plan.metric)
     if run.best_model is None or score > run.progress.best_dev_score:
-        run.best_model = {k: v.detach().to("cpu", copy=True)
-                          for k, v in run.model.state_dict().items()}
+        run.best_model = {
+            k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()
+        }
         run.progress.best_dev_score = score
         run.progress.best_dev_mcc = dev["mcc"]
         run.progress.best_epoch = epoch
@@ -608,30 +655,41 @@ def trial_cost(run: TrialRun) -> dict[str, Any]:
     kwh = run.energy.kwh()
     _, price_source = price_for(run.plan.prices, hardware.kind, hardware.name)
     cost = cost_metrics(
-        hardware, wall_seconds=progress.wall_seconds, flops=progress.flops,
+        hardware,
+        wall_seconds=progress.wall_seconds,
+        flops=progress.flops,
         prices=run.plan.prices,
         energy_kwh=None if kwh is None else kwh * min(hardware.count, 1.0),
         billed_seconds=progress.wall_seconds + progress.checkpoint_seconds,
     )
-    cost.update({
-        MetricName.WALL_SECONDS: progress.wall_seconds,
-        MetricName.CHECKPOINT_SECONDS: progress.checkpoint_seconds,
-        MetricName.FLOPS: progress.flops,
-        RESULT_FIELDS[Tag.NODE_ID]: ray.get_runtime_context().get_node_id(),
-        RESULT_FIELDS[Tag.DEVICE_TYPE]: hardware.kind,
-        RESULT_FIELDS[Tag.DEVICE_NAME]: hardware.name,
-        RESULT_FIELDS[Tag.PEAK_SOURCE]: hardware.peak_source,
-        RESULT_FIELDS[Tag.FLOPS_METHOD]: FLOPS_METHOD,
-        RESULT_FIELDS[Tag.PRICE_SOURCE]: price_source,
-    })
+    cost.update(
+        {
+            MetricName.WALL_SECONDS: progress.wall_seconds,
+            MetricName.CHECKPOINT_SECONDS: progress.checkpoint_seconds,
+            MetricName.FLOPS: progress.flops,
+            RESULT_FIELDS[Tag.NODE_ID]: ray.get_runtime_context().get_node_id(),
+            RESULT_FIELDS[Tag.DEVICE_TYPE]: hardware.kind,
+            RESULT_FIELDS[Tag.DEVICE_NAME]: hardware.name,
+            RESULT_FIELDS[Tag.PEAK_SOURCE]: hardware.peak_source,
+            RESULT_FIELDS[Tag.FLOPS_METHOD]: FLOPS_METHOD,
+            RESULT_FIELDS[Tag.PRICE_SOURCE]: price_source,
+        }
+    )
     if run.trial.evaluate_test:
         cost[MetricName.TEST_SECONDS] = progress.test_seconds
     return cost
 
 
-def epoch_metrics(run: TrialRun, epoch: int, dev: dict[str, float], train_loss: float,
-                  seen: int, train_seconds: float, epoch_seconds: float,
-                  finished: bool) -> dict[str, Any]:
+def epoch_metrics(
+    run: TrialRun,
+    epoch: int,
+    dev: dict[str, float],
+    train_loss: float,
+    seen: int,
+    train_seconds: float,
+    epoch_seconds: float,
+    finished: bool,
+) -> dict[str, Any]:
     """What a trial reports after an epoch: dev metrics, progress and cost so far."""
     progress = run.progress
     return {
@@ -680,8 +738,10 @@ def _test_metrics(run: TrialRun) -> dict[str, float]:
     test = evaluate(run.model, run.splits["test"], run.device, batch_size=run.eval_batch_size)
     run.progress.test_seconds += time.perf_counter() - start
     run.progress.flops += run.eval_flops_per_sample * len(run.splits["test"])
-    return {**{f"test_{k}": v for k, v in test.items()},
-            MetricName.TEST_SCORE: task_score(test, run.plan.metric)}
+    return {
+        **{f"test_{k}": v for k, v in test.items()},
+        MetricName.TEST_SCORE: task_score(test, run.plan.metric),
+    }
 
 
 def is_final(metrics: dict[str, Any]) -> bool:
@@ -733,15 +793,30 @@ def _release_memory(run: TrialRun | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str, Any],
-                model_files: dict[str, Any] | None = None) -> None:
-    """Ray Tune function trainable; see the module docstring for its arguments."""
+def train_trial(
+    config: dict,
+    plans: dict[str, CellPlan],
+    split_arrays: dict[str, Any],
+    model_files: dict[str, Any] | None = None,
+    ended: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Ray Tune function trainable; see the module docstring for its arguments.
+
+    ``ended`` (on a resume) maps the trial ids of trials that had ended before the earlier
+    driver stopped, though Tune's saved state has them running, to their last result: such a
+    trial reports that result again and returns, and trains nothing twice.
+    """
     import logging
 
     import torch
+    from ray import tune
 
     for name in ("ray.train", "ray.tune"):  # one "checkpoint created" line per epoch is noise
         logging.getLogger(name).setLevel(logging.WARNING)
+    last = (ended or {}).get(tune.get_context().get_trial_id())
+    if last is not None:
+        tune.report(last)
+        return
     trial = TrialConfig.from_tune(config)
     plan = plans[trial.cell]
     start = time.perf_counter()
@@ -755,9 +830,13 @@ def train_trial(config: dict, plans: dict[str, CellPlan], split_arrays: dict[str
     run_epochs(run)
 
 
-def report_setup_failure(trial: TrialConfig, plan: CellPlan, seconds: float,
-                         kind: str = FailureKind.OUT_OF_MEMORY,
-                         report: Callable[[dict[str, Any]], None] | None = None) -> None:
+def report_setup_failure(
+    trial: TrialConfig,
+    plan: CellPlan,
+    seconds: float,
+    kind: str = FailureKind.OUT_OF_MEMORY,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """The last report (to ``report``, default ``tune.report``) of a trial whose model failed
     before its first epoch, ``seconds`` into its set-up."""
     if report is None:
@@ -765,17 +844,31 @@ def report_setup_failure(trial: TrialConfig, plan: CellPlan, seconds: float,
 
         report = tune.report
     hardware = current_device(plan.resources.gpu, plan.resources.cpu)
-    run = TrialRun(trial=trial, plan=plan, hparams={}, device=None, splits={}, model=None,
-                   optimizer=None, scheduler=None, n_params=0, hardware=hardware,
-                   energy=EnergyMeter(), train_flops_per_sample=0.0, eval_flops_per_sample=0.0,
-                   clock=time.perf_counter(), progress=Progress(wall_seconds=seconds))
+    run = TrialRun(
+        trial=trial,
+        plan=plan,
+        hparams={},
+        device=None,
+        splits={},
+        model=None,
+        optimizer=None,
+        scheduler=None,
+        n_params=0,
+        hardware=hardware,
+        energy=EnergyMeter(),
+        train_flops_per_sample=0.0,
+        eval_flops_per_sample=0.0,
+        clock=time.perf_counter(),
+        progress=Progress(wall_seconds=seconds),
+    )
     metrics = failure_metrics(run, 1, kind)
     del metrics[MetricName.N_PARAMS]  # never built
     report(metrics)
 
 
-def run_epochs(run: TrialRun,
-               report: Callable[[TrialRun, dict[str, Any]], None] = report_epoch) -> None:
+def run_epochs(
+    run: TrialRun, report: Callable[[TrialRun, dict[str, Any]], None] = report_epoch
+) -> None:
     """Train the epochs a set-up trial has left, handing each epoch's metrics to ``report``
     (``report_epoch``: to Tune, with a checkpoint), until the epoch budget or dev patience
     ends it, or its model fails (``failure_metrics`` is then its last report)."""
@@ -805,15 +898,19 @@ def _epoch(run: TrialRun, epoch: int) -> dict[str, Any]:
     dev = evaluate(run.model, run.splits["dev"], run.device, batch_size=run.eval_batch_size)
     epoch_seconds = time.perf_counter() - start
     progress.epoch = epoch
-    progress.flops += (run.train_flops_per_sample * seen
-                       + run.eval_flops_per_sample * len(run.splits["dev"]))
+    progress.flops += run.train_flops_per_sample * seen + run.eval_flops_per_sample * len(
+        run.splits["dev"]
+    )
     run.samples_this_epoch = 0  # charged with the epoch
     _keep_if_best(run, epoch, dev)
     # Early stopping on the dev score: the same patience rule in every cell.
-    out_of_patience = (plan.patience is not None
-                       and epoch - progress.best_epoch >= int(plan.patience))
+    out_of_patience = plan.patience is not None and epoch - progress.best_epoch >= int(
+        plan.patience
+    )
     finished = epoch >= plan.max_epochs or out_of_patience
     test = _test_metrics(run) if finished and trial.evaluate_test else {}
     run.charge("wall")  # set-up (after a start), the epoch, the test
-    return {**epoch_metrics(run, epoch, dev, train_loss, seen, train_seconds, epoch_seconds,
-                            finished), **test}
+    return {
+        **epoch_metrics(run, epoch, dev, train_loss, seen, train_seconds, epoch_seconds, finished),
+        **test,
+    }

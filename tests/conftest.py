@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.services"]
+
 # Ray writes ~/.ray/auth_token, lock files under /tmp and session folders under its temp dir;
 # killed trials leave temp checkpoints. Keep all of it in one short-lived folder (short, since
 # Ray's socket paths must stay under ~100 characters).

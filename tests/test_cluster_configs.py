@@ -4,14 +4,17 @@ Ray cluster launcher configs go through Ray's own config preparation and validat
 schema and cross-field checks) and through its autoscaler's bin-packing; the provider bootstrap
 that would call AWS or Google is never run. KubeRay manifests, the MLflow manifests and the
 compose file get structural checks, cross-checked against the installed Ray, MLflow and ablate
-CLI. Nothing here contacts a cloud, a Kubernetes cluster or a Docker engine.
+CLI. The SLURM batch script runs against stub `srun`, `scontrol`, `ray` and `ablate` commands.
+Nothing here contacts a cloud, a Kubernetes cluster, a SLURM controller or a Docker engine.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -25,6 +28,7 @@ CLUSTER = REPO / "cluster"
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]
 KUBERAY = CLUSTER / "kuberay"
 MLFLOW = CLUSTER / "mlflow"
+SBATCH = CLUSTER / "slurm" / "ablate.sbatch"
 EXPECTED_FILES = [
     "README.md",
     ".gitignore",
@@ -37,6 +41,7 @@ EXPECTED_FILES = [
     "kuberay/Dockerfile.dockerignore",
     "mlflow/docker-compose.yaml",
     "mlflow/mlflow-k8s.yaml",
+    "slurm/ablate.sbatch",
 ]
 # Addresses that would expose a service on every interface.
 ANY_ADDRESS = {"0.0.0.0", "::", "[::]", ""}
@@ -513,3 +518,212 @@ def test_compose_server_uses_postgres_and_s3_with_secrets_from_env(mlflow_server
         for name, value in service.get("environment", {}).items():
             if "PASSWORD" in name or "SECRET" in name:
                 assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value)), f"{name} is hard-coded"
+
+
+# -------------------------------------------------------------------------------- SLURM
+
+HOSTS = ["gpu-a01", "gpu-a02"]
+HEAD_IP = "10.0.0.1"
+PORT = "6390"
+# Every stub appends one line to $STUB_LOG: its name and its arguments, tab-separated.
+LOG_CALL = 'printf "%s" "$(basename "$0")" >> "$STUB_LOG"; printf "\\t%s" "$@" >> "$STUB_LOG"\n' \
+           'echo >> "$STUB_LOG"\n'
+STUBS = {
+    # Runs the step's command here, after dropping srun's own options.
+    "srun": """
+while [[ $# -gt 0 && $1 == -* ]]; do
+    if [[ $1 == -w ]]; then shift 2; else shift; fi
+done
+exec "$@"
+""",
+    "scontrol": """
+if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu-a01\\ngpu-a02\\n'; fi
+""",
+    "hostname": """
+echo "10.0.0.1 10.1.0.1"
+""",
+    # `ray start --block` stays up until the script's cleanup ends it; `ray status` fails
+    # until the head has started, then reports it, and the worker once a
+    # `ray start --address` has run (unless STUB_NO_WORKER); once it has answered, it logs
+    # how many nodes it reported.
+    "ray": """
+case "$1" in
+    start) [[ " $* " == *" --block "* ]] && exec sleep 30 ;;
+    status)
+        grep -q "start"$'\\t'"--head" "$STUB_LOG" || exit 1
+        nodes=(node_e1a03c5bef842e982b5131f3ec348720ab4205083f565a23c6ec4160)
+        if [[ -z "${STUB_NO_WORKER:-}" ]] && grep -q "start"$'\\t'"--address=" "$STUB_LOG"; then
+            nodes+=(node_7bd9c0c8a1e54b2f9d0e6a3c1f2b4d5e6f708192a3b4c5d6e7f80912)
+        fi
+        echo "======== Autoscaler status: 2026-01-01 00:00:00.000000 ========"
+        echo "Node status"
+        echo "---------------------------------------------------------------"
+        echo "Active:"
+        printf ' 1 %s\\n' "${nodes[@]}"
+        echo "Pending:"
+        echo " (no pending nodes)"
+        echo "Recent failures:"
+        echo " (no failures)"
+        printf 'status-answered\\t%s\\n' "${#nodes[@]}" >> "$STUB_LOG"
+        ;;
+esac
+""",
+    "ablate": """
+env > "$STUB_ENV"
+exit "${STUB_ABLATE_RC:-0}"
+""",
+}
+
+
+def run_sbatch(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess,
+                                                                  list[list[str]], Path]:
+    """Runs ablate.sbatch as SLURM would on the first node of a 2-node allocation, with the
+    stubs as the venv's and SLURM's commands; returns the result, the calls and the study dir."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, body in STUBS.items():
+        stub = venv / "bin" / name
+        stub.write_text("#!/bin/bash\n" + LOG_CALL + body)
+        stub.chmod(0o755)
+    study = tmp_path / "study"
+    study.mkdir()
+    log = tmp_path / "calls.log"
+    log.touch()
+    environ = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",   # the stubs first, no real srun or ray
+        "HOME": str(tmp_path / "home"),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NODELIST": "gpu-a[01-02]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_SUBMIT_DIR": str(study),
+        "SLURM_CPUS_PER_TASK": "8",
+        "SLURM_GPUS_ON_NODE": "4",
+        "VENV": str(venv),
+        "RAY_PORT": PORT,
+        "RAY_POLL_INTERVAL": "0.1",
+        "STUB_LOG": str(log),
+        "STUB_ENV": str(tmp_path / "ablate.env"),
+        **env,
+    }
+    result = subprocess.run(["bash", str(SBATCH), *args], cwd=tmp_path, env=environ,
+                            capture_output=True, text=True, timeout=120)
+    calls = [line.split("\t") for line in log.read_text().splitlines()]
+    return result, calls, study
+
+
+def ray_calls(calls: list[list[str]], subcommand: str) -> list[list[str]]:
+    return [c for c in calls if c[:2] == ["ray", subcommand]]
+
+
+def srun_of(calls: list[list[str]], command: list[str]) -> list[str]:
+    """The srun call that ran `command`."""
+    return next(c for c in calls if c[0] == "srun" and c[-len(command):] == command)
+
+
+def test_sbatch_script_is_valid_bash():
+    result = subprocess.run(["bash", "-n", str(SBATCH)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sbatch_script_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run([shellcheck, "--shell=bash", str(SBATCH)], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_sbatch_asks_for_whole_gpu_nodes_one_task_each():
+    directives = dict(
+        (line.split()[1].lstrip("-").split("=", 1) + [""])[:2]
+        for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH ")
+    )
+    assert int(directives["nodes"]) >= 2
+    assert directives["ntasks-per-node"] == "1"
+    assert int(directives["gpus-per-node"]) >= 1
+    assert int(directives["cpus-per-task"]) >= 1
+    assert "exclusive" in directives
+    assert directives["signal"].startswith("B:TERM@"), "the trap must hear the time limit"
+
+
+def test_sbatch_starts_head_then_worker_runs_the_study_and_stops_ray(tmp_path,
+                                                                     ablate_run_options):
+    result, calls, study = run_sbatch(tmp_path, "--gue-dir", "/shared/GUE")
+    assert result.returncode == 0, result.stderr
+    address = f"{HEAD_IP}:{PORT}"
+    assert ["scontrol", "show", "hostnames", "gpu-a[01-02]"] in calls
+
+    head, worker = ray_calls(calls, "start")
+    assert head == ["ray", "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={PORT}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=8", "--num-gpus=4",
+                    "--disable-usage-stats", "--block"]
+    assert srun_of(calls, head)[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", HOSTS[0]]
+    assert worker == ["ray", "start", f"--address={address}", "--num-cpus=8", "--num-gpus=4",
+                      "--disable-usage-stats", "--block"]
+    assert srun_of(calls, worker)[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", HOSTS[1]]
+
+    runs = [c for c in calls if c[:2] == ["ablate", "run"]]
+    assert runs == [["ablate", "run", "search_spaces/studies/demo.yaml",
+                     "--address", address, "--storage", f"{study}/ray-results",
+                     "--tracking-uri", f"file://{study}/mlruns", "--gue-dir", "/shared/GUE"]]
+    assert {a for a in runs[0] if a.startswith("--")} <= ablate_run_options
+
+    # The worker joins only once the head answers, the study only once both nodes are up.
+    order = [tuple(c) for c in calls]
+    answered = [(i, int(c[1])) for i, c in enumerate(calls) if c[0] == "status-answered"]
+    assert order.index(tuple(head)) < answered[0][0] < order.index(tuple(srun_of(calls, worker)))
+    assert any(n == 2 and i < order.index(tuple(runs[0])) for i, n in answered)
+    # Then `ray stop` on every node, as a step beside the running ones.
+    stops = ray_calls(calls, "stop")
+    assert len(stops) == 1 and order.index(tuple(stops[0])) > order.index(tuple(runs[0]))
+    assert srun_of(calls, stops[0])[:4] == ["srun", "--overlap", "--nodes=2", "--ntasks=2"]
+
+
+def test_sbatch_runs_the_study_offline_with_token_auth(tmp_path):
+    result, _, _ = run_sbatch(tmp_path)
+    assert result.returncode == 0, result.stderr
+    env = dict(line.split("=", 1) for line in (tmp_path / "ablate.env").read_text().splitlines()
+               if "=" in line)
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["RAY_AUTH_MODE"] == "token"
+    token = Path(env["RAY_AUTH_TOKEN_PATH"])
+    assert token == tmp_path / "home" / ".ray" / "ablate_cluster_token"
+    assert re.fullmatch(r"[0-9a-f]{64}", token.read_text())
+    assert token.stat().st_mode & 0o077 == 0, "the token file must be private"
+    assert env["MLFLOW_ALLOW_FILE_STORE"] == "true"   # MLflow 3 needs it for file:// stores
+
+
+def test_sbatch_resumes_and_uses_a_tracking_server(tmp_path):
+    result, calls, _ = run_sbatch(tmp_path, RESUME="1", SPEC="search_spaces/studies/gue_gpu.yaml",
+                                  TRACKING_URI="http://mlflow.internal:5000",
+                                  STORAGE="/shared/ray-results")
+    assert result.returncode == 0, result.stderr
+    run = next(c for c in calls if c[:2] == ["ablate", "run"])
+    assert run == ["ablate", "run", "search_spaces/studies/gue_gpu.yaml",
+                   "--address", f"{HEAD_IP}:{PORT}", "--storage", "/shared/ray-results",
+                   "--tracking-uri", "http://mlflow.internal:5000", "--resume"]
+    env = (tmp_path / "ablate.env").read_text()
+    assert "MLFLOW_ALLOW_FILE_STORE" not in env
+
+
+def test_sbatch_stops_ray_and_keeps_the_exit_code_when_the_study_fails(tmp_path):
+    result, calls, _ = run_sbatch(tmp_path, STUB_ABLATE_RC="3")
+    assert result.returncode == 3
+    assert ray_calls(calls, "stop")
+
+
+def test_sbatch_gives_up_when_a_node_never_joins(tmp_path):
+    result, calls, _ = run_sbatch(tmp_path, STUB_NO_WORKER="1", RAY_START_TIMEOUT="0")
+    assert result.returncode != 0
+    assert "not up" in result.stderr
+    assert not [c for c in calls if c[0] == "ablate"], "no study on a partial cluster"
+    assert ray_calls(calls, "stop")
+
+
+def test_sbatch_refuses_a_venv_without_ray(tmp_path):
+    result = subprocess.run(["bash", str(SBATCH)], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "VENV": str(tmp_path / "nowhere"),
+                                 "SLURM_SUBMIT_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "create the venv" in result.stderr

@@ -154,3 +154,29 @@ def test_prepare_task_inputs_on_synthetic_data(tmp_path):
     kmer = prepare_task_inputs(root, "mouse/0", kmer_choice, kmer_tok, kmer_file, work_dir=work)
     assert kmer.token_limit == 34 + 2
     assert ShardManifest.read(Path(kmer.splits["train"])).max_tokens <= kmer.token_limit
+
+
+def test_shards_are_read_from_remote_storage(tmp_path, local_ray, s3_server):
+    """With S3 storage the shard sets are copied there once and Ray Data reads them from
+    there, not from the driver's disk: the same rows come back, and a second read copies
+    nothing new."""
+    from ablate.storage import holds_shards
+
+    tok = char_tokenizer()
+    work = tmp_path / "work"
+    one = _write(work / "shards" / "a", tok, rows_per_shard=2)
+    local = read_shard_sets([str(one)], PAD_ID)[str(one)]
+    storage = s3_server.bucket() + "/study"
+    assert holds_shards(storage, work) and not holds_shards(str(work / "ray_results"), work)
+    remote = read_shard_sets([str(one)], PAD_ID, storage=storage, work_dir=work)[str(one)]
+    assert remote.input_ids.tolist() == local.input_ids.tolist()
+    assert remote.labels.tolist() == local.labels.tolist()
+    keys = sorted(s3_server.keys(storage))
+    parquet = [k for k in keys if k.endswith(".parquet")]
+    assert len(parquet) == 2 and all(k.startswith("study/shards/a/") for k in parquet), keys
+    # What Ray Data was given to read is the copy on S3, through pyarrow's S3 file system.
+    from ablate.storage import shard_source
+
+    source = shard_source(one, ShardManifest.read(one).files, storage, work)
+    assert not source.pinned and type(source.filesystem).__name__ == "S3FileSystem"
+    assert all(path.startswith(storage.removeprefix("s3://")) for path in source.paths)

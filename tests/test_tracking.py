@@ -94,14 +94,22 @@ def test_runs_of_trials_lost_in_a_crash_are_closed_and_left_out(tmp_path):
     for step in (1, 2):
         killed.on_trial_result(0, [], fake_trial("t2"), {"training_iteration": step,
                                                          "best_dev_mcc": 0.1 * step})
+        # t3 ended too, just before the kill, but Tune's last save did not hold it either.
+        killed.on_trial_result(0, [], fake_trial("t3"), {"training_iteration": step,
+                                                         "best_dev_mcc": 0.1 * step})
     killed.on_trial_complete(0, [], fake_trial("t2"))
+    killed.on_trial_complete(0, [], fake_trial("t3"))
 
     resumed = MLflowTrialLogger(uri, experiment, "lost", "lost-1", plans(max_epochs=2),
                                 cell_runs)
-    assert resumed.close_lost_runs() == 1
+    # The resumed experiment ends holding t2 (and the re-issued slots, not shown here).
+    resumed.on_experiment_end([fake_trial("t2")])
+    assert resumed.close_lost_runs() == 2
     by_trial = {r.data.tags[Tag.TRIAL_ID]: r for r in client.search_runs([experiment], TRIALS)}
     assert by_trial["t1"].info.status == "KILLED"
     assert by_trial["t1"].data.tags[Tag.OUTCOME] == Outcome.LOST
+    assert by_trial["t3"].info.status == "FINISHED"  # it did end: only its count is dropped
+    assert by_trial["t3"].data.tags[Tag.OUTCOME] == Outcome.LOST
     assert by_trial["t2"].info.status == "FINISHED"
     assert list(trials(uri, "lost")[tag_column(Tag.TRIAL_ID)]) == ["t2"]
     assert resumed.close_lost_runs() == 0  # cell runs and finished trials are left alone

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.errors import AblateError
 from ablate.tracking.schema import (
+    ENDED_BY_TRIAL,
     PRETRAIN_EXPERIMENT,
+    RESULT_TAGS,
     SCHEMA_VERSION,
     Stage,
     Tag,
@@ -139,11 +141,40 @@ def find_unfinished_pretraining(client: Any, key: str) -> Any | None:
 PROVENANCE_DIR = "provenance"  # the artifact folder of a sweep run (see ablate.provenance)
 
 
+def ended_trial_results(
+    client: Any, experiment_id: str, sweep: str
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The outcome and last result (metrics and result tags, as MLflow holds them) of every
+    trial of a sweep whose run ended by the trial's own doing (completed, pruned or its model
+    failed), keyed by Tune trial id.
+
+    A driver killed between a trial's end and Tune's next save of its state leaves Tune
+    believing the trial still runs; on resume the trainable hands this result back instead of
+    training again (see ``ablate.training.train_trial``).
+    """
+    ended = {}
+    for outcome in ENDED_BY_TRIAL:
+        for run in find_runs(
+            client,
+            experiment_id,
+            f"{tag_filter(Tag.SWEEP, sweep)} and {tag_filter(Tag.OUTCOME, outcome)}",
+        ):
+            tags = run.data.tags
+            result: dict[str, Any] = dict(run.data.metrics)
+            result.update({field: tags[tag] for field, tag in RESULT_TAGS.items() if tag in tags})
+            if Tag.TRIAL_ID in tags:
+                ended[tags[Tag.TRIAL_ID]] = (outcome, result)
+    return ended
+
+
 def find_sweep_run(client: Any, experiment_id: str, sweep: str) -> Any | None:
     """The provenance run (``Stage.SWEEP``) of a sweep, if it has one (the first, if a
     concurrent launch wrote two)."""
-    found = find_runs(client, experiment_id,
-                      f"{tag_filter(Tag.STAGE, Stage.SWEEP)} and {tag_filter(Tag.SWEEP, sweep)}")
+    found = find_runs(
+        client,
+        experiment_id,
+        f"{tag_filter(Tag.STAGE, Stage.SWEEP)} and {tag_filter(Tag.SWEEP, sweep)}",
+    )
     return min(found, key=lambda r: r.info.start_time or 0) if found else None
 
 
@@ -184,10 +215,8 @@ def read_provenance(client: Any, run_id: str) -> dict[str, Any]:
             if path.is_file():
                 info[path.stem] = _parse_artifact(path)
             elif path.is_dir() and path.name.startswith("resume-"):
-                resume = {p.stem: _parse_artifact(p) for p in sorted(path.iterdir())
-                          if p.is_file()}
-                info["resumes"].append({"number": int(path.name.removeprefix("resume-")),
-                                        **resume})
+                resume = {p.stem: _parse_artifact(p) for p in sorted(path.iterdir()) if p.is_file()}
+                info["resumes"].append({"number": int(path.name.removeprefix("resume-")), **resume})
     info["resumes"].sort(key=lambda r: r["number"])
     return info
 
@@ -204,5 +233,10 @@ def provenance(tracking_uri: str, study: str, sweep: str | None = None) -> dict[
             f"sweep {sweep} of study {study!r} has no provenance run (stage "
             f"{Stage.SWEEP!r}); it was written by an ablate that did not record provenance"
         )
-    return {"run_id": run.info.run_id, "sweep": sweep, "status": run.info.status,
-            "tags": dict(run.data.tags), **read_provenance(client, run.info.run_id)}
+    return {
+        "run_id": run.info.run_id,
+        "sweep": sweep,
+        "status": run.info.status,
+        "tags": dict(run.data.tags),
+        **read_provenance(client, run.info.run_id),
+    }

@@ -101,6 +101,10 @@ class Outcome:
     LOST = "lost"  # started by a killed driver, never saved; its slot was run again
 
 
+# Outcomes of runs that ended by their trial's own doing (an infrastructure failure did not).
+ENDED_BY_TRIAL = (Outcome.COMPLETED, Outcome.PRUNED, Outcome.MODEL_FAILED)
+
+
 class FailureKind:
     """Values of ``Tag.FAILURE``. The model kinds count against the arm (``MODEL_FAILURES``);
     anything else is the infrastructure's, retried or re-issued, never scored."""

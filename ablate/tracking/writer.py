@@ -30,6 +30,7 @@ from ablate.cost import price_for
 from ablate.errors import AblateError
 from ablate.tracking.reader import find_runs, find_unfinished_pretraining
 from ablate.tracking.schema import (
+    ENDED_BY_TRIAL,
     MODEL_ARTIFACT,
     PRETRAIN_EXPERIMENT,
     RESULT_TAGS,
@@ -49,8 +50,13 @@ if TYPE_CHECKING:
 
 # Ray Tune's own result fields: its clock, counters, host and config. Every other numeric field
 # a trial reports is logged as a metric, so a new one never silently stays out of MLflow.
-TUNE_FIELDS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT,
-                                             "warmup_time"}
+TUNE_FIELDS = frozenset(AUTO_RESULT_KEYS) | {
+    DONE,
+    TRIAL_ID,
+    EXPERIMENT_TAG,
+    SHOULD_CHECKPOINT,
+    "warmup_time",
+}
 # Fields of ``ablate.cost.cost_metrics``: the share of devices a trial's cost is charged on,
 # and the seconds charged.
 DEVICE_COUNT = "device_count"
@@ -58,11 +64,19 @@ BILLED_SECONDS = "billed_seconds"
 RESULT_FIELDS = {tag: field for field, tag in RESULT_TAGS.items()}
 
 
+# Sweep id -> the trial ids of its Tune experiments that have ended in this process.
+EXPERIMENT_TRIALS: dict[str, set[str]] = {}
+
+
 def logged_metrics(result: dict) -> dict[str, float]:
     """The numeric fields of a trial's result that are logged to MLflow."""
-    return {key: float(value) for key, value in result.items()
-            if key not in TUNE_FIELDS and isinstance(value, numbers.Real)  # numpy scalars too
-            and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if key not in TUNE_FIELDS
+        and isinstance(value, numbers.Real)  # numpy scalars too
+        and not isinstance(value, bool)
+    }
 
 
 def version_tag() -> dict[str, str]:
@@ -94,7 +108,8 @@ def open_cell_runs(
     existing = {
         run.data.tags[Tag.CELL]: run.info.run_id
         for run in find_runs(
-            client, experiment_id,
+            client,
+            experiment_id,
             f"{tag_filter(Tag.STAGE, Stage.CELL)} and {tag_filter(Tag.SWEEP, sweep)}",
         )
     }
@@ -126,19 +141,89 @@ def link_pretraining(client: Any, cell_runs: dict[str, str], plans: dict[str, Ce
 
 
 class TrackingUnavailable(AblateError):
-    """The tracking server stayed unreachable past the retry limit; the study stopped."""
+    """The tracking server stayed unreachable past the retry limit; the study stopped.
+
+    ``spool`` is the file the unsent writes were saved in (``None`` when nothing was saved)
+    and ``unsent`` how many; ``reason`` is what MLflow last answered.
+    """
+
+    def __init__(self, reason: str, *, spool: str | None = None, unsent: int = 0) -> None:
+        self.reason = reason
+        self.spool = spool
+        self.unsent = unsent
+        super().__init__(self.message())
+
+    def message(self, resume: str = "ablate run <spec> --resume") -> str:
+        """The one message a stopped study prints: what failed, what was saved, what to run."""
+        saved = (
+            f"; {self.unsent} unsent records are saved in {self.spool}"
+            if self.spool is not None
+            else ""
+        )
+        return f"{self.reason}. The study stopped{saved}. Run `{resume}` when MLflow is back" + (
+            " to send them and continue." if self.spool is not None else " to continue."
+        )
+
+    def with_resume(self, resume: str) -> TrackingUnavailable:
+        """The same outage, its message naming the exact command that continues the study."""
+        again = TrackingUnavailable(
+            getattr(self, "reason", str(self)),
+            spool=getattr(self, "spool", None),
+            unsent=getattr(self, "unsent", 0),
+        )
+        again.args = (self.message(resume),)
+        return again
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking store is unreachable or overloaded for now.
+
+    An outage is a network error (refused connection, reset, timeout), an HTTP 5xx or 429
+    answer of MLflow's REST client, or SQLite's "database is locked". Anything else (a bad
+    parameter, a missing run, a bug) is deterministic and retrying it would only hide it.
+    """
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause,
+            (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError),
+        ):
+            return True
+        if "database is locked" in str(cause).lower():
+            return True
+        if isinstance(cause, MlflowException):
+            # MLflow's REST client: JSON error answers are RestExceptions; a failed request
+            # (connection refused, retries used up on 5xx) or a non-JSON answer (a proxy's
+            # 502 page) is an MlflowException whose message starts "API request to".
+            from_server = isinstance(cause, RestException) or str(cause.message).startswith(
+                "API request to"
+            )
+            status = cause.get_http_status_code()
+            if from_server and (status == 429 or 500 <= status < 600):
+                return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def with_retry(call: Callable[[], Any], *, limit_seconds: float, what: str) -> Any:
-    """Run ``call``, retrying with exponential back-off (1 s doubling to 30 s) for a while.
+    """Run ``call``, retrying an outage (``is_outage``) with exponential back-off (1 s doubling
+    to 30 s) for a while; any other error is raised at once.
 
-    Raises ``TrackingUnavailable`` once ``limit_seconds`` have passed without success.
+    Raises ``TrackingUnavailable`` once ``limit_seconds`` have passed without success (at
+    once with ``limit_seconds=0``).
     """
     delay, start = 1.0, time.monotonic()
     while True:
         try:
             return call()
-        except Exception as exc:  # connection refused, timeouts, a locked database, 5xx...
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             waited = time.monotonic() - start
             if waited + delay > limit_seconds:
                 raise TrackingUnavailable(
@@ -149,8 +234,9 @@ def with_retry(call: Callable[[], Any], *, limit_seconds: float, what: str) -> A
             delay = min(delay * 2, 30.0)
 
 
-def failure_charge(seconds: float, device_count: float, price_per_hour: float | None
-                   ) -> tuple[float, float | None]:
+def failure_charge(
+    seconds: float, device_count: float, price_per_hour: float | None
+) -> tuple[float, float | None]:
     """(device-hours, price) of ``seconds`` lost on ``device_count`` devices."""
     hours = seconds / 3600 * device_count
     return hours, None if price_per_hour is None else hours * price_per_hour
@@ -198,6 +284,7 @@ class MLflowTrialLogger(Callback):
         self._pending: list[dict] = []
         self._trial_runs: dict[str, str] = {}
         self._logged_step: dict[str, int] = {}
+        self._ended: set[str] = set()  # trial ids whose runs ended before a resume
         self._lost: dict[str, float] = {}  # trial id -> lost seconds charged (as written)
         self._last_seen: dict[str, float] = {}  # trial id -> time of its last result or failure
         self._client = None
@@ -232,8 +319,11 @@ class MLflowTrialLogger(Callback):
         try:
             while self._pending:
                 op = self._pending[0]
-                with_retry(lambda op=op: self._apply(op), limit_seconds=self.retry_seconds,
-                           what=f"{op['op']} of trial {op['trial_id']}")
+                with_retry(
+                    lambda op=op: self._apply(op),
+                    limit_seconds=self.retry_seconds,
+                    what=f"{op['op']} of trial {op['trial_id']}",
+                )
                 self._pending.pop(0)
         except TrackingUnavailable as exc:
             if self.spool_path:
@@ -243,8 +333,7 @@ class MLflowTrialLogger(Callback):
                 tmp.write_text("".join(json.dumps(op) + "\n" for op in self._pending))
                 os.replace(tmp, path)
                 raise TrackingUnavailable(
-                    f"{exc}. The study stopped; {len(self._pending)} unsent records are saved "
-                    f"in {path}. Run `ablate run --resume` when MLflow is back."
+                    exc.reason, spool=str(path), unsent=len(self._pending)
                 ) from None
             raise
         if self.spool_path:
@@ -257,6 +346,8 @@ class MLflowTrialLogger(Callback):
 
         run_id = self._run_for(op)
         trial_id = op["trial_id"]
+        if trial_id in self._ended:
+            return
         if op["op"] == "metrics":
             step = op["step"]
             if step <= self._logged_step.get(trial_id, 0):
@@ -271,8 +362,9 @@ class MLflowTrialLogger(Callback):
             self._lost[trial_id] = self._lost.get(trial_id, 0.0) + op["seconds"]
             values = self._with_lost(trial_id, op["metrics"], op.get("device"))
             step = self._logged_step.get(trial_id, 0)
-            self.client.log_batch(run_id, metrics=[Metric(k, v, op["time"], step)
-                                                   for k, v in values.items()])
+            self.client.log_batch(
+                run_id, metrics=[Metric(k, v, op["time"], step) for k, v in values.items()]
+            )
         elif op["op"] == "retry":
             self.client.set_tag(run_id, Tag.RETRIES, str(op["retries"]))
         elif op["op"] == "end":
@@ -280,8 +372,9 @@ class MLflowTrialLogger(Callback):
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(run_id, status=op["status"])
 
-    def _with_lost(self, trial_id: str, metrics: dict[str, float],
-                   device: dict[str, Any] | None) -> dict[str, float]:
+    def _with_lost(
+        self, trial_id: str, metrics: dict[str, float], device: dict[str, Any] | None
+    ) -> dict[str, float]:
         """A trial's cost metrics as logged: with its lost seconds charged, if any."""
         lost = self._lost.get(trial_id, 0.0)
         if lost <= 0:
@@ -324,15 +417,19 @@ class MLflowTrialLogger(Callback):
             self.experiment_id,
             f"{tag_filter(Tag.TRIAL_ID, trial_id)} and {tag_filter(Tag.SWEEP, self.sweep)}",
         )
-        if found:
+        if found and found[0].data.tags.get(Tag.OUTCOME) in ENDED_BY_TRIAL:
+            # It ended before the earlier driver stopped, and only replays its last result
+            # (``train_trial``'s ``ended``): its run keeps its end, and nothing is logged twice.
+            run_id = found[0].info.run_id
+            self._ended.add(trial_id)
+        elif found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             # Resumed: epochs already logged are not logged again when the trial repeats them.
             history = self.client.get_metric_history(run_id, MetricName.DEV_MCC)
             self._logged_step[trial_id] = max((m.step for m in history), default=0)
             # ... and the lost time charged before goes on being charged.
-            self._lost[trial_id] = float(found[0].data.metrics.get(MetricName.LOST_SECONDS,
-                                                                   0.0))
+            self._lost[trial_id] = float(found[0].data.metrics.get(MetricName.LOST_SECONDS, 0.0))
         else:
             from mlflow.entities import Param, RunTag
 
@@ -384,28 +481,42 @@ class MLflowTrialLogger(Callback):
         self._last_seen[trial.trial_id] = time.time()
         metrics = logged_metrics(result)
         tags = {tag: str(result[key]) for key, tag in RESULT_TAGS.items() if key in result}
-        self._enqueue({
-            "op": "metrics",
-            **self._describe(trial),
-            "step": epochs_done(result),
-            "time": int(time.time() * 1000),
-            "metrics": metrics,
-            "tags": tags,
-            "device": self._device(trial, result),
-        })
+        self._enqueue(
+            {
+                "op": "metrics",
+                **self._describe(trial),
+                "step": epochs_done(result),
+                "time": int(time.time() * 1000),
+                "metrics": metrics,
+                "tags": tags,
+                "device": self._device(trial, result),
+            }
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         plan = self.plans[TrialConfig.from_tune(trial.config).cell]
         result = trial.last_result or {}
         failure = result.get(RESULT_FIELDS[Tag.FAILURE])
         if result.get(MetricName.MODEL_FAILURE):
-            self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
-                           "outcome": Outcome.MODEL_FAILED,
-                           "end_tags": {Tag.FAILURE: str(failure)}})
+            self._enqueue(
+                {
+                    "op": "end",
+                    **self._describe(trial),
+                    "status": "FAILED",
+                    "outcome": Outcome.MODEL_FAILED,
+                    "end_tags": {Tag.FAILURE: str(failure)},
+                }
+            )
             return
         done = ran_to_end(result, plan.max_epochs)
-        self._enqueue({"op": "end", **self._describe(trial), "status": "FINISHED",
-                       "outcome": Outcome.COMPLETED if done else Outcome.PRUNED})
+        self._enqueue(
+            {
+                "op": "end",
+                **self._describe(trial),
+                "status": "FINISHED",
+                "outcome": Outcome.COMPLETED if done else Outcome.PRUNED,
+            }
+        )
 
     def _charge_failure(self, trial: Any) -> None:
         """Charge the time from the trial's last result (or start) to now as lost."""
@@ -413,52 +524,100 @@ class MLflowTrialLogger(Callback):
         since = self._last_seen.get(trial.trial_id, now)
         self._last_seen[trial.trial_id] = now
         result = trial.last_result or {}
-        cost = {k: v for k, v in logged_metrics(result).items()
-                if k in (MetricName.DEVICE_HOURS, MetricName.PRICE, BILLED_SECONDS)}
-        self._enqueue({"op": "charge", **self._describe(trial), "seconds": max(now - since, 0.0),
-                       "time": int(now * 1000), "metrics": cost,
-                       "device": self._device(trial, result)})
+        cost = {
+            k: v
+            for k, v in logged_metrics(result).items()
+            if k in (MetricName.DEVICE_HOURS, MetricName.PRICE, BILLED_SECONDS)
+        }
+        self._enqueue(
+            {
+                "op": "charge",
+                **self._describe(trial),
+                "seconds": max(now - since, 0.0),
+                "time": int(now * 1000),
+                "metrics": cost,
+                "device": self._device(trial, result),
+            }
+        )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A crashed trial (e.g. its node was lost) restarts from its checkpoint: count it, and
         # charge the work since its last result, which it will run again.
         self._charge_failure(trial)
-        self._enqueue({"op": "retry", **self._describe(trial),
-                       "retries": int(getattr(trial, "num_failures", 0))})
+        self._enqueue(
+            {
+                "op": "retry",
+                **self._describe(trial),
+                "retries": int(getattr(trial, "num_failures", 0)),
+            }
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._charge_failure(trial)
-        self._enqueue({"op": "end", **self._describe(trial), "status": "FAILED",
-                       "outcome": Outcome.FAILED,
-                       "end_tags": {Tag.FAILURE: FailureKind.INFRASTRUCTURE}})
+        self._enqueue(
+            {
+                "op": "end",
+                **self._describe(trial),
+                "status": "FAILED",
+                "outcome": Outcome.FAILED,
+                "end_tags": {Tag.FAILURE: FailureKind.INFRASTRUCTURE},
+            }
+        )
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Tune restores its callbacks from their pickles, so this may be a copy of the logger
+        # the driver holds: the ids go in a table of the process, by sweep.
+        EXPERIMENT_TRIALS.setdefault(self.sweep, set()).update(t.trial_id for t in trials)
 
     def close_lost_runs(self) -> int:
-        """Close the runs of trials a killed driver started but Tune never saved; how many.
+        """Mark the runs of trials a killed driver started but Tune never saved; how many.
 
         Such a trial is lost between two saves of Tune's state: the resumed searcher re-issues
-        its slot (see ``CellSearcher``), so its run, still RUNNING, would otherwise stay open
-        forever and count as an extra trial of its cell. Called after every trial of the
-        sweep has ended, so any run still RUNNING is one of these: it is closed as KILLED and
-        tagged ``ablate.outcome=lost``, and the analysis leaves it out.
+        its slot (see ``CellSearcher``), so its run would otherwise count as an extra trial of
+        its cell (or stay open forever, if it was still running). Called after every
+        experiment of the sweep has ended, so a trial run that is still RUNNING, or whose trial
+        none of them holds (it may have ended just before the kill), is one of these: it is
+        tagged ``ablate.outcome=lost`` (and closed as KILLED if it was open), and the analysis
+        leaves it out.
         """
         self.flush()
-        lost = find_runs(self.client, self.experiment_id,
-                         f"{tag_filter(Tag.SWEEP, self.sweep)} and attributes.status = 'RUNNING'"
-                         f" and {tag_filter(Tag.STAGE, Stage.CELL, '!=')}")
+        known = EXPERIMENT_TRIALS.get(self.sweep, set())
+        trial_runs = [
+            run
+            for stage in (Stage.TRIAL, Stage.REPLICATE)
+            for run in find_runs(
+                self.client,
+                self.experiment_id,
+                f"{tag_filter(Tag.SWEEP, self.sweep)} and {tag_filter(Tag.STAGE, stage)}",
+            )
+        ]
+        lost = [
+            run
+            for run in trial_runs
+            if run.data.tags.get(Tag.OUTCOME) != Outcome.LOST
+            and (run.info.status == "RUNNING" or run.data.tags.get(Tag.TRIAL_ID) not in known)
+        ]
 
-        def close(run_id: str) -> None:
-            self.client.set_tag(run_id, Tag.OUTCOME, Outcome.LOST)
-            self.client.set_terminated(run_id, status="KILLED")
+        def close(run: Any) -> None:
+            self.client.set_tag(run.info.run_id, Tag.OUTCOME, Outcome.LOST)
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
         for run in lost:
-            with_retry(lambda run=run: close(run.info.run_id), limit_seconds=self.retry_seconds,
-                       what="closing a lost trial's run")
+            with_retry(
+                lambda run=run: close(run),
+                limit_seconds=self.retry_seconds,
+                what="closing a lost trial's run",
+            )
         return len(lost)
 
     def close_cells(self, status: str = "FINISHED") -> None:
         for run_id in self.cell_runs.values():
-            with_retry(lambda run_id=run_id: self.client.set_terminated(run_id, status=status),
-                       limit_seconds=self.retry_seconds, what="closing a cell run")
+            with_retry(
+                lambda run_id=run_id: self.client.set_terminated(run_id, status=status),
+                limit_seconds=self.retry_seconds,
+                what="closing a cell run",
+            )
 
     def __getstate__(self) -> dict:
         # The MLflow client holds a database engine: never pickle it.
@@ -468,8 +627,12 @@ class MLflowTrialLogger(Callback):
 def trial_params(plan: CellPlan, config: TrialConfig) -> dict[str, Any]:
     """A trial run's params: its searched values, its model and its seed and epoch budget."""
     model = plan.model
-    params: dict[str, Any] = {**config.hparams, **config.model_params,
-                              "architecture": model.architecture, "preset": model.preset}
+    params: dict[str, Any] = {
+        **config.hparams,
+        **config.model_params,
+        "architecture": model.architecture,
+        "preset": model.preset,
+    }
     params.update({f"model.{k}": v for k, v in model.overrides.items()})
     params["seed"] = config.seed
     params["max_epochs"] = plan.max_epochs
@@ -496,35 +659,56 @@ def _pretrain_tags(tags: dict[str, str]) -> dict[str, str]:
     return {Tag.STAGE: Stage.PRETRAIN, **version_tag(), **tags}
 
 
-def _pretrain_run(client: Any, tags: dict[str, str], run_name: str, params: dict[str, Any],
-                  metrics: dict[str, float], model_folder: Path | None = None) -> str:
+def _pretrain_run(
+    client: Any,
+    tags: dict[str, str],
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    model_folder: Path | None = None,
+) -> str:
     """A finished run in ``PRETRAIN_EXPERIMENT`` with these tags, params, metrics (and model)."""
     run_id = _create_pretrain_run(client, tags, run_name, params)
     finish_pretraining(client, run_id, metrics, model_folder)
     return run_id
 
 
-def _create_pretrain_run(client: Any, tags: dict[str, str], run_name: str,
-                         params: dict[str, Any]) -> str:
+def _create_pretrain_run(
+    client: Any, tags: dict[str, str], run_name: str, params: dict[str, Any]
+) -> str:
     from mlflow.entities import Param
 
     experiment_id = get_or_create_experiment(client, PRETRAIN_EXPERIMENT)
-    run_id = client.create_run(experiment_id, tags=_pretrain_tags(tags),
-                               run_name=run_name).info.run_id
+    run_id = client.create_run(
+        experiment_id, tags=_pretrain_tags(tags), run_name=run_name
+    ).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run_id
 
 
-def pretraining_tags(*, key: str, name: str, architecture: str, tokenizer: str,
-                     device_type: str, extra_tags: dict[str, str] | None = None
-                     ) -> dict[str, str]:
+def pretraining_tags(
+    *,
+    key: str,
+    name: str,
+    architecture: str,
+    tokenizer: str,
+    device_type: str,
+    extra_tags: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The tags of a pretraining run (its key first: a resume finds the run by it)."""
-    return {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.ARCHITECTURE: architecture,
-            Tag.TOKENIZER: tokenizer, Tag.DEVICE_TYPE: device_type, **(extra_tags or {})}
+    return {
+        Tag.PRETRAIN_KEY: key,
+        Tag.PRETRAIN_NAME: name,
+        Tag.ARCHITECTURE: architecture,
+        Tag.TOKENIZER: tokenizer,
+        Tag.DEVICE_TYPE: device_type,
+        **(extra_tags or {}),
+    }
 
 
-def open_pretraining(client: Any, *, tags: dict[str, str], run_name: str,
-                     params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+def open_pretraining(
+    client: Any, *, tags: dict[str, str], run_name: str, params: dict[str, Any]
+) -> tuple[str, dict[str, float]]:
     """The RUNNING run of a pretraining that starts or resumes: the unfinished run with its key
     (``tags[Tag.PRETRAIN_KEY]``), marked running again, or a new one. Returns its id and the
     latest metrics it recorded (empty for a new run)."""
@@ -537,20 +721,32 @@ def open_pretraining(client: Any, *, tags: dict[str, str], run_name: str,
     return found.info.run_id, dict(found.data.metrics)
 
 
-def log_pretraining_progress(client: Any, run_id: str, metrics: dict[str, float],
-                             step: int, tags: dict[str, str] | None = None) -> None:
+def log_pretraining_progress(
+    client: Any,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int,
+    tags: dict[str, str] | None = None,
+) -> None:
     """Record a pretraining's progress and cost so far (step = optimizer step)."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, int(step))
-                                      for k, v in metrics.items()],
-                     tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, int(step)) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
 
 
-def finish_pretraining(client: Any, run_id: str, metrics: dict[str, float],
-                       model_folder: Path | None = None, step: int | None = None,
-                       tags: dict[str, str] | None = None) -> None:
+def finish_pretraining(
+    client: Any,
+    run_id: str,
+    metrics: dict[str, float],
+    model_folder: Path | None = None,
+    step: int | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
     """Log a pretraining's final metrics (at ``step``, default 0), tags and model folder, and
     mark its run FINISHED (only then is it reused as a checkpoint)."""
     log_pretraining_progress(client, run_id, metrics, step or 0, tags)
@@ -574,8 +770,14 @@ def register_pretraining(
 ) -> str:
     """Record a finished pretraining in one go: its key, cost metrics and model folder; its
     run id. (``ablate.pretrain`` opens its run at the start instead, see ``open_pretraining``.)"""
-    tags = pretraining_tags(key=key, name=name, architecture=architecture, tokenizer=tokenizer,
-                            device_type=device_type, extra_tags=extra_tags)
+    tags = pretraining_tags(
+        key=key,
+        name=name,
+        architecture=architecture,
+        tokenizer=tokenizer,
+        device_type=device_type,
+        extra_tags=extra_tags,
+    )
     return _pretrain_run(client, tags, f"{name}-{architecture}", params, metrics, model_folder)
 
 
@@ -598,13 +800,20 @@ def register_external(
     (``Tag.DEVICE_NAME``) and ``MetricName.PRICE`` = device-hours x ``price_per_hour``
     (``Tag.PRICE_SOURCE`` ``"declared"``); without a declared price the analysis prices it
     from the study's price table."""
-    tags = {Tag.PRETRAIN_KEY: key, Tag.PRETRAIN_NAME: name, Tag.PRETRAIN_KIND: "external",
-            Tag.ARCHITECTURE: "transformer", Tag.DEVICE_TYPE: device, **(extra_tags or {})}
+    tags = {
+        Tag.PRETRAIN_KEY: key,
+        Tag.PRETRAIN_NAME: name,
+        Tag.PRETRAIN_KIND: "external",
+        Tag.ARCHITECTURE: "transformer",
+        Tag.DEVICE_TYPE: device,
+        **(extra_tags or {}),
+    }
     if device_name:
         tags[Tag.DEVICE_NAME] = device_name
     metrics = {MetricName.DEVICE_HOURS: float(device_hours)}
     if price_per_hour is not None:
         metrics[MetricName.PRICE] = float(device_hours) * float(price_per_hour)
         tags[Tag.PRICE_SOURCE] = "declared"
-    return _pretrain_run(client, tags, f"external-{name}",
-                         {"path": folder, "cost_source": "declared"}, metrics)
+    return _pretrain_run(
+        client, tags, f"external-{name}", {"path": folder, "cost_source": "declared"}, metrics
+    )
