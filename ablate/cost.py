@@ -183,19 +183,29 @@ def cpu_peak() -> tuple[float, str]:
     )
 
 
-def current_device(gpu_fraction: float = 0.0, cpus: float = 1.0) -> Device:
+def current_device(gpu_fraction: float = 0.0, cpus: float = 1.0, device: Any = None) -> Device:
     """The device this process trains on, with the share of it the run is billed for.
 
-    On a GPU (the current CUDA device): its name, ``gpu_fraction`` (1 when 0) and the datasheet
-    peak. On CPU: ``cpus`` (the CPUs reserved: device-hours are core-hours) and the peak measured
-    on the process's threads.
+    ``device`` is the torch device the process trains on (``ablate.training.pick_device``).
+    Without it, the process is taken to train on a GPU only where it reserved one
+    (``gpu_fraction > 0``) and CUDA sees one: a run that reserved no GPU is billed as CPU, even
+    where GPUs are visible (Ray no longer hides them from such a worker).
+
+    On a GPU (the current CUDA device): its name, ``gpu_fraction`` (a fraction is billed as
+    that fraction; 1 where the device is a GPU nothing reserved, outside Ray) and the datasheet
+    peak. On CPU: ``cpus`` (the CPUs reserved: device-hours are core-hours) and the peak
+    measured on the process's threads.
     """
     import torch
 
-    if torch.cuda.is_available():
+    if device is None:
+        on_gpu = gpu_fraction > 0 and torch.cuda.is_available()
+    else:
+        on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
         name = torch.cuda.get_device_name(torch.cuda.current_device())
         peak, source = gpu_peak(name)
-        return Device("gpu", name, gpu_fraction or 1.0, peak, source)
+        return Device("gpu", name, gpu_fraction if gpu_fraction > 0 else 1.0, peak, source)
     peak, source = cpu_peak()
     return Device("cpu", "cpu", cpus, peak, source)
 

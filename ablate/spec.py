@@ -149,13 +149,25 @@ class BudgetSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs reserved per trial")
-    gpu: float = Field(0.0, ge=0, description="GPUs (or a fraction) per trial")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial: 0, 1 or a fraction of one")
     micro_batch_size: int | None = Field(
         None,
         ge=1,
         description="the largest batch one forward/backward pass takes; a larger "
         "searched batch (always the global batch) accumulates gradients over micro-batches",
     )
+
+    @field_validator("gpu")
+    @classmethod
+    def _one_device(cls, gpu: float) -> float:
+        """A trial trains on one device: reserving more GPUs would bill them and leave all
+        but one idle."""
+        if gpu > 1:
+            raise ValueError(
+                f"gpu is {gpu:g}: a trial trains on one device and multi-GPU trials are not "
+                "supported; reserve 1 GPU, or a fraction of one (at most 1) to share it"
+            )
+        return gpu
 
 
 class TokenizerOptions(_Strict):

@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -141,22 +142,76 @@ class SplitTensors:
         )
 
 
+def ray_gpu_ids() -> list | None:
+    """The GPU ids Ray assigned to this process, or None outside a Ray worker (a plain script,
+    or Ray's driver), where Ray assigns nothing and so decides nothing."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return list(ray.get_gpu_ids())
+
+
 def pick_device() -> Any:
-    """The GPU Ray assigned to this trial if there is one, else the CPU."""
+    """The GPU Ray assigned to this trial if there is one, else the CPU.
+
+    In a Ray worker (a Tune trial, a Ray Train worker) the assignment decides, not what CUDA
+    can see: Ray no longer hides the GPUs from a worker that reserved none, so such a trial
+    trains on the CPU it reserved rather than on a GPU another trial holds. Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to the ids it assigned, so the trial's GPU is ``cuda:0``.
+    Outside Ray, any visible GPU is used."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assigned = ray_gpu_ids()
+    if assigned is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda:0" if assigned and torch.cuda.is_available() else "cpu")
+
+
+BF16, FP16, FP32 = "bf16", "fp16", "fp32"
+AUTOCAST_DTYPES = {BF16: "bfloat16", FP16: "float16"}  # precision -> torch dtype name
+
+
+def precision(device: Any) -> str:
+    """The precision a device trains in: bf16 autocast on GPUs with native bf16 (Ampere and
+    later), fp16 autocast on older GPUs (emulated bf16 would be slow, and the peak table
+    gives those parts' fp16 peak), float32 on CPU."""
+    import torch
+
+    if device is None or device.type != "cuda":
+        return FP32
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return BF16 if native_bf16 else FP16
 
 
 def autocast_context(device: Any) -> Any:
-    """bf16 autocast on GPUs that support it; a no-op context on CPU."""
+    """Autocast in the device's ``precision`` (bf16 or fp16) on GPUs; a no-op context on CPU."""
     import contextlib
 
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    mode = precision(device)
+    if mode == FP32:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, AUTOCAST_DTYPES[mode]))
+
+
+# One loss scaler per optimizer, so its scale carries from step to step (and goes with it).
+_SCALERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def grad_scaler(optimizer: Any, device: Any) -> Any:
+    """The optimizer's ``torch.amp.GradScaler``: enabled under fp16 autocast, where small
+    gradients would underflow unscaled; disabled (every call a pass-through) otherwise.
+
+    Its scale is not checkpointed: a restored trial starts from the initial scale, which the
+    scaler lowers within a few steps if it is too high (skipping those steps)."""
+    import torch
+
+    if optimizer not in _SCALERS:
+        enabled = precision(device) == FP16
+        _SCALERS[optimizer] = torch.amp.GradScaler(device.type, enabled=enabled)
+    return _SCALERS[optimizer]
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
@@ -218,27 +273,34 @@ def train_step(
     loss_fn: LossFn = classification_loss,
     *,
     micro_batch_size: int | None = None,
+    scaler: Any = None,
 ) -> Any:
-    """One optimisation step on a batch of (ids, mask, labels): forward and loss (bf16
-    autocast on GPUs, the loss in float32), backward, gradient clipping, optimizer step.
-    Returns the detached loss, left on the device (reading it would sync the host).
+    """One optimisation step on a batch of (ids, mask, labels): forward and loss (autocast on
+    GPUs, the loss in float32), backward, gradient clipping, optimizer step. Returns the
+    detached loss, left on the device (reading it would sync the host).
 
     With ``micro_batch_size`` smaller than the batch, the gradients are accumulated over
-    micro-batches of that many rows (see ``accumulate_gradients``) before the one step."""
+    micro-batches of that many rows (see ``accumulate_gradients``) before the one step.
+
+    ``scaler`` (default: the optimizer's ``grad_scaler``) scales the loss under fp16; the
+    gradients are unscaled before clipping, so the clip norm means the same in every precision,
+    and a step whose gradients overflowed is skipped."""
     import torch
 
+    scaler = grad_scaler(optimizer, device) if scaler is None else scaler
     rows = int(batch[2].shape[0])
+    optimizer.zero_grad(set_to_none=True)
     if micro_batch_size is not None and micro_batch_size < rows:
-        optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch, device, micro_batch_size, loss_fn)
+        loss = accumulate_gradients(model, batch, device, micro_batch_size, loss_fn, scaler)
     else:
         with autocast_context(device):
             loss = loss_fn(model, *batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         loss = loss.detach()
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return loss
 
 
@@ -248,12 +310,14 @@ def accumulate_gradients(
     device: Any,
     micro_batch_size: int,
     loss_fn: LossFn = classification_loss,
+    scaler: Any = None,
 ) -> Any:
     """Backward through ``batch`` in ``ceil(rows / micro_batch_size)`` micro-batches of (at
     most) ``micro_batch_size`` rows, adding to the parameters' gradients. Each micro-batch's
     mean loss is weighted by its share of the rows, so the gradients (and the returned detached
     loss) are those of the whole batch's mean loss (exact for a loss that averages over rows,
-    as ``classification_loss`` does)."""
+    as ``classification_loss`` does). With a ``scaler`` (fp16), each backward is of the scaled
+    loss, so the summed gradients carry the one scale the step unscales."""
     import torch
 
     rows = int(batch[2].shape[0])
@@ -262,7 +326,7 @@ def accumulate_gradients(
         micro = tuple(t[start : start + micro_batch_size] for t in batch)
         with autocast_context(device):
             loss = loss_fn(model, *micro) * (int(micro[2].shape[0]) / rows)
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss.detach()
     return total
 
@@ -534,7 +598,7 @@ def setup_trial(
     device = pick_device()
     setup_start = time.perf_counter()
     splits = load_splits(plan, trial, split_arrays, device)
-    hardware = current_device(plan.resources.gpu, plan.resources.cpu)
+    hardware = trial_hardware(plan, device)
     energy = EnergyMeter()
     energy.start()
 
@@ -573,6 +637,39 @@ def setup_trial(
     )
     _restore(run)
     return run
+
+
+def trial_hardware(plan: CellPlan, device: Any) -> Device:
+    """The device the trial is billed for (``current_device`` on the device it trains on). On
+    a GPU its peak-memory counter restarts here, so the trial's peak memory is its own where
+    Tune reuses the process for its successor."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return current_device(plan.resources.gpu, plan.resources.cpu, device)
+
+
+def device_metrics(device: Any) -> dict[str, float]:
+    """The precision a trial trains in (``bf16_autocast``, ``fp16_autocast``: 1 or 0, both 0
+    in float32) and, on a GPU, the peak memory its tensors took since its set-up (this
+    attempt's) in GB; nothing before a device was picked.
+
+    MFU's peak matches the precision: the table is of dense bf16 peaks, and fp16 peaks for the
+    parts without bf16 (V100, T4), the only ones that train in fp16 (bf16 is native from
+    Ampere on, where dense fp16 tensor throughput equals bf16's anyway)."""
+    import torch
+
+    if device is None:
+        return {}
+    mode = precision(device)
+    metrics = {
+        MetricName.BF16_AUTOCAST: float(mode == BF16),
+        MetricName.FP16_AUTOCAST: float(mode == FP16),
+    }
+    if device.type == "cuda":
+        metrics[MetricName.PEAK_GPU_MEMORY_GB] = torch.cuda.max_memory_allocated(device) / 1e9
+    return metrics
 
 
 def _restore(run: TrialRun) -> None:
@@ -673,6 +770,7 @@ def trial_cost(run: TrialRun) -> dict[str, Any]:
             RESULT_FIELDS[Tag.PEAK_SOURCE]: hardware.peak_source,
             RESULT_FIELDS[Tag.FLOPS_METHOD]: FLOPS_METHOD,
             RESULT_FIELDS[Tag.PRICE_SOURCE]: price_source,
+            **device_metrics(run.device),
         }
     )
     if run.trial.evaluate_test:
@@ -843,7 +941,7 @@ def report_setup_failure(
         from ray import tune
 
         report = tune.report
-    hardware = current_device(plan.resources.gpu, plan.resources.cpu)
+    hardware = current_device(plan.resources.gpu, plan.resources.cpu, pick_device())
     run = TrialRun(
         trial=trial,
         plan=plan,

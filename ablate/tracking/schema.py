@@ -151,6 +151,10 @@ class MetricName:
     N_PARAMS = "n_params"
     TOKENS_SEEN = "tokens_seen"
     MLM_LOSS = "mlm_loss"
+    # the precision a trial trains in: 1 for the autocast it used; both 0 in float32 (on CPU)
+    BF16_AUTOCAST = "bf16_autocast"
+    FP16_AUTOCAST = "fp16_autocast"
+    PEAK_GPU_MEMORY_GB = "peak_gpu_memory_gb"  # torch.cuda.max_memory_allocated; GPU runs only
 
 
 # String fields of a trial's results, recorded as tags rather than metrics.
