@@ -1,6 +1,5 @@
 """Real services the cluster tests share, started once per test session: an S3-API object
-store (moto's standalone server) and, in ``tests/test_tracking_server.py``, PostgreSQL behind
-an MLflow tracking server. Registered as a pytest plugin by ``tests/conftest.py``."""
+store (moto's standalone server). Registered as a pytest plugin by ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -26,33 +26,29 @@ class S3Server:
     endpoint: str
     env: dict[str, str] = field(default_factory=dict)
 
-    def bucket(self, prefix: str = "ablate") -> str:
-        """A new empty bucket; its ``s3://`` URI."""
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
         import boto3
 
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
             region_name=self.env["AWS_DEFAULT_REGION"],
         )
+
+    def bucket(self, prefix: str = "ablate") -> str:
+        """A new empty bucket; its ``s3://`` URI."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client = self.client()
         client.create_bucket(Bucket=name)
         return f"s3://{name}"
 
     def keys(self, uri: str) -> list[str]:
         """Every object key under an ``s3://bucket/prefix`` URI."""
-        import boto3
-
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_DEFAULT_REGION"],
-        )
+        client = self.client()
         keys = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             keys.extend(item["Key"] for item in page.get("Contents", []))
