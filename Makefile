@@ -17,18 +17,24 @@ $(BIN)/ablate: pyproject.toml
 
 install: $(BIN)/ablate
 
-# A small ablation: 2 architectures x 2 tokenizers x 4 trials on synthetic GUE-shaped data,
-# or on real GUE when ABLATE_GUE_DIR points to a GUE folder.
+# The three questions on one task (2 architectures x 2 pretrainings x 2 tokenizers, replicates)
+# on synthetic GUE-shaped data with planted effects,
+# or on real GUE when ABLATE_GUE_DIR points to a GUE folder. Ends with where the report is and
+# how to open the runs in the MLflow UI.
 demo: install
 	@start=$$(date +%s); \
 	$(BIN)/ablate run search_spaces/studies/demo.yaml $(if $(ABLATE_GUE_DIR),--gue-dir "$(ABLATE_GUE_DIR)") && \
 	$(BIN)/ablate report search_spaces/studies/demo.yaml --out reports/demo && \
-	echo "demo finished in $$(( $$(date +%s) - start )) s"
+	echo "demo finished in $$(( $$(date +%s) - start )) s" && \
+	echo "report:    $(CURDIR)/reports/demo/report.md" && \
+	echo "open:      file://$(CURDIR)/reports/demo/report.html" && \
+	echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db" && \
+	echo "  then its runs: http://127.0.0.1:5000/#/experiments/$$($(BIN)/python -c 'from mlflow import MlflowClient; print(MlflowClient("sqlite:///mlruns.db").get_experiment_by_name("demo").experiment_id)')/runs"
 
 test: install
 	$(BIN)/python -m pytest -q
 
-# Every benchmark in bench/, one after another (about 20 minutes at most): one table, and
+# Every benchmark in bench/, one after another (about 30 minutes at most): one table, and
 # bench/results.json.
 bench: install
 	$(BIN)/python bench/run_all.py
@@ -37,4 +43,4 @@ lint: install
 	$(BIN)/ruff check ablate tests
 
 clean:
-	rm -rf .ablate reports mlruns.db mlruns mlartifacts
+	rm -rf .ablate reports mlruns.db mlruns.optuna.db mlruns mlartifacts

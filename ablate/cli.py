@@ -11,7 +11,8 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,6 +62,20 @@ AddressOption = Annotated[
 TrackingOption = Annotated[
     str | None,
     typer.Option("--tracking-uri", help="MLflow tracking URI (default: the spec's tracking.uri)"),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="leave Ray's, Tune's, Ray Data's and MLflow's own output on the console (default: "
+        "in a log file under the work folder, named at the start)",
+    ),
+]
+SweepOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sweep", help="a sweep id other than the latest (`ablate sweeps STUDY` lists them)"
+    ),
 ]
 
 
@@ -241,12 +256,20 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="continue the study's latest sweep where it stopped")
     ] = False,
+    sweep: SweepOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
 
     Ctrl-C (SIGINT) or SIGTERM stops the study cleanly and exits 130 or 143; `--resume`
-    continues it.
+    continues it (its latest sweep, or the one `--sweep` names; `ablate sweeps` lists them).
+    A resume is refused if the spec's cells, budget, search spaces or resources changed.
+
+    On a terminal one live table shows the trials of each cell and its best score so far;
+    piped or logged, one line per finished trial and a progress line every minute. Ray's own
+    output goes to the log file named at the start, unless `--verbose`.
     """
+    from ablate.console import StudyConsole, log_file_name
     from ablate.spec import expand_cells, load_study
 
     spec = load_study(study)
@@ -262,6 +285,7 @@ def run(
         "--tracking-uri": tracking_uri,
         "--storage": storage,
         "--gue-dir": gue_dir,
+        "--sweep": sweep,
     }
     resume_command = shlex.join(
         [
@@ -273,29 +297,48 @@ def run(
         ]
     )
     start = time.perf_counter()
-    try:
-        result = run_study(
-            spec,
-            address=address,
-            tracking_uri=tracking_uri,
-            storage=storage,
-            gue_dir=str(gue_dir) if gue_dir else None,
-            resume=resume,
-            progress=lambda msg: print(f"  {msg}", flush=True),
-            spec_file=study,
-            resume_command=resume_command,
-        )
-    except StudyInterrupted as stopped:
-        print(
-            f"stopped by {stopped.signal_name} after {time.perf_counter() - start:.0f} s; the "
-            f"study's state is saved. Continue it with: {resume_command}",
-            flush=True,
-        )
-        raise typer.Exit(stopped.exit_code) from None
+    console = StudyConsole(verbose=verbose, log_path=log_file_name(spec.work_path, "run"))
+    with console, _naming_the_log(console):
+        try:
+            result = run_study(
+                spec,
+                address=address,
+                tracking_uri=tracking_uri,
+                storage=storage,
+                gue_dir=str(gue_dir) if gue_dir else None,
+                resume=resume,
+                progress=console.progress(),
+                spec_file=study,
+                resume_command=resume_command,
+                sweep_id=sweep,
+            )
+        except StudyInterrupted as stopped:
+            print(
+                f"stopped by {stopped.signal_name} after {time.perf_counter() - start:.0f} s; "
+                f"the study's state is saved. Continue it with: {resume_command}",
+                flush=True,
+            )
+            raise typer.Exit(stopped.exit_code) from None
     print(
         f"finished {result.num_trials} trials ({result.num_errors} failed) in "
         f"{time.perf_counter() - start:.0f} s; sweep {result.sweep} in {result.tracking_uri}"
     )
+
+
+@contextmanager
+def _naming_the_log(console: Any) -> Iterator[None]:
+    """Name the log file the libraries' output goes to, at the start and again (on stderr)
+    if the command crashes (a user's mistake, an ``AblateError``, says all there is)."""
+    if console.log_path is not None:
+        console.say(f"Ray's logs: {console.log_path}")
+    try:
+        yield
+    except (typer.Exit, KeyboardInterrupt, AblateError):
+        raise
+    except BaseException:
+        if console.log_path is not None:
+            print(f"Ray's logs: {console.log_path}", file=sys.stderr, flush=True)
+        raise
 
 
 @app.command("pretrain")
@@ -307,23 +350,29 @@ def pretrain(
     storage: Annotated[
         str | None, typer.Option(help="Ray Train storage path or URL (default: work_dir)")
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Masked-LM pretraining on Ray Train, registered in MLflow with its cost (resumable)."""
+    """Masked-LM pretraining on Ray Train, registered in MLflow with its cost (resumable).
+
+    Ray's own output goes to the log file named at the start, unless `--verbose`."""
+    from ablate.console import StudyConsole, log_file_name
     from ablate.spec import load_pretrain_spec
 
     spec = load_pretrain_spec(spec_path)
     from ablate.pretrain import job_from_spec, run_pretraining
     from ablate.ray_session import start_ray
 
-    job = job_from_spec(spec, progress=lambda msg: print(f"  {msg}", flush=True))
-    start_ray(address, cpus=math.ceil(spec.workers * spec.cpus_per_worker) + 1)
-    result = run_pretraining(
-        job,
-        tracking_uri=tracking_uri or spec.tracking.uri,
-        work_dir=spec.work_path,
-        storage=storage,
-        progress=lambda msg: print(f"  {msg}", flush=True),
-    )
+    console = StudyConsole(verbose=verbose, log_path=log_file_name(spec.work_path, "pretrain"))
+    with console, _naming_the_log(console):
+        job = job_from_spec(spec, progress=console.progress())
+        start_ray(address, cpus=math.ceil(spec.workers * spec.cpus_per_worker) + 1)
+        result = run_pretraining(
+            job,
+            tracking_uri=tracking_uri or spec.tracking.uri,
+            work_dir=spec.work_path,
+            storage=storage,
+            progress=console.progress(),
+        )
     state = "reused" if result.reused else "finished"
     print(
         f"pretraining {state}: MLflow run {result.run_id}, {result.wall_seconds:.0f} s, "
@@ -338,8 +387,10 @@ def report(
     study: Annotated[Path, typer.Argument(help="study spec (YAML)")],
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     tracking_uri: TrackingOption = None,
+    sweep: SweepOption = None,
 ) -> None:
-    """Query MLflow for the study's latest sweep and write the report (md, html, csv, png)."""
+    """Query MLflow for the study's latest sweep (or `--sweep ID`) and write the report (md,
+    html, csv, png)."""
     from rich.table import Table
 
     from ablate.report import write_report
@@ -352,6 +403,7 @@ def report(
         uri,
         spec.name,
         out_dir,
+        sweep=sweep,
         contrasts=spec.contrasts,
         trials_per_cell=spec.budget.trials_per_cell,
         replicates_per_cell=len(spec.replicates),
@@ -379,6 +431,8 @@ def report(
             f"{row.flops:.3g}",
         )
     console = _console()
+    for line in result.unfinished:
+        console.print(line.replace("**", ""), highlight=False)
     for line in result.summary:
         console.print(line.replace("**", ""), highlight=False)
     console.print(table)
@@ -387,6 +441,83 @@ def report(
         console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}  (then open the URL shown)")
     else:
         console.print(f"MLflow UI: {uri}")
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+@app.command("sweeps")
+@_user_errors
+def sweeps(
+    study: Annotated[
+        Path, typer.Argument(help="study spec (YAML), or the study's name with --tracking-uri")
+    ],
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """List the study's sweeps in the tracking store, newest first: id, when it was opened,
+    state, cells, trials done against the budget, and which one is the latest."""
+    from rich.table import Table
+
+    from ablate.tracking.reader import SweepState, list_sweeps
+
+    if study.is_file():
+        from ablate.spec import load_study
+
+        spec = load_study(study)
+        name, uri = spec.name, tracking_uri or spec.tracking.uri
+    elif study.suffix in (".yaml", ".yml"):
+        raise AblateError(f"{study}: study spec not found")
+    else:
+        name, uri = str(study), tracking_uri or "sqlite:///mlruns.db"
+    records = list_sweeps(uri, name)
+    console = _console()
+    if not records:
+        console.print(f"study {name} has no sweeps in {uri}", highlight=False)
+        return
+    table = Table(title=f"sweeps of study {name} in {uri}, newest first")
+    for column in ("sweep", "opened", "state"):
+        table.add_column(column)
+    for column in ("cells", "trials done / budget", "running"):
+        table.add_column(column, justify="right")
+    table.add_column("last activity")
+    table.add_column("latest")
+    for record in records:
+        budget = record.trials_budget
+        table.add_row(
+            record.sweep,
+            _when(record.opened),
+            record.state,
+            str(len(record.cell_runs)),
+            f"{record.trials_done} / {budget if budget is not None else '?'}",
+            str(record.trials_running),
+            _when(record.last_activity),
+            "latest" if record.latest else "",
+        )
+    console.print(table)
+    notes = [
+        "latest: the newest sweep whose search started; `ablate report` reads it and "
+        "`ablate run --resume` continues it (--sweep ID names another).",
+        "trials done: trials counted against the budget (completed, stopped early, model "
+        "failed); budget: cells x trials per cell, as the sweep was opened with.",
+    ]
+    states = {r.state for r in records}
+    if SweepState.RUNNING in states:
+        notes.append(
+            "running: its cell runs are still open. A driver at work keeps them so, and so "
+            "does one killed outright (SIGKILL, a lost machine): look at last activity; "
+            "`ablate run STUDY --resume` continues a killed one."
+        )
+    if SweepState.INTERRUPTED in states:
+        notes.append("interrupted: stopped by Ctrl-C or SIGTERM; `--resume` continues it.")
+    if SweepState.NEVER_STARTED in states:
+        notes.append(
+            "never started: its launch stopped before the search's Tuner started (while "
+            "preparing or pretraining), or has not got there yet; it holds no trial and is "
+            "never the latest."
+        )
+    for note in notes:
+        console.print(note, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -155,8 +155,11 @@ def measure_cpu_peak(size: int = CPU_PEAK_SIZE, repeats: int = 3) -> float:
     """FLOP/s of a large float32 matmul on this process's threads (best of ``repeats``)."""
     import torch
 
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    # Its own generator: the process's global one seeds the next trial's model, which must not
+    # depend on whether this process measured its peak before (it does so once).
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):

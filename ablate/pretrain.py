@@ -102,18 +102,83 @@ class PretrainResult:
 # --- the Ray Train worker loop ---------------------------------------------------------------
 
 
+# Step batches a worker takes from Ray Data at once and cuts itself: Ray Data's cost is per
+# batch it hands over, which at a step's batch size was seconds of every pass.
+FETCH_STEPS = 32
+
+
 def _batches(shard: Any, batch_size: int, pad_id: int, width: int) -> Iterator[Any]:
-    """(ids, mask) tensors of full batches from a worker's shard of the corpus."""
+    """(ids, mask) tensors of full batches from a worker's shard of the corpus, in its order:
+    rows are fetched ``FETCH_STEPS`` batches at a time and cut into batches of ``batch_size``,
+    the rows left over carried into the next fetch; a last partial batch is dropped."""
     import torch
 
     from ablate.shards import split_arrays
 
-    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", drop_last=True):
+    carried = None
+    for table in shard.iter_batches(batch_size=batch_size * FETCH_STEPS, batch_format="pyarrow"):
         arrays = split_arrays(table, pad_id, width)
-        yield (
-            torch.from_numpy(arrays.input_ids.astype(np.int64)),
-            torch.from_numpy(arrays.attention_mask()),
-        )
+        ids = torch.from_numpy(arrays.input_ids.astype(np.int64))
+        mask = torch.from_numpy(arrays.attention_mask())
+        if carried is not None:
+            ids, mask = torch.cat([carried[0], ids]), torch.cat([carried[1], mask])
+        full = len(ids) - len(ids) % batch_size
+        for first in range(0, full, batch_size):
+            yield ids[first : first + batch_size], mask[first : first + batch_size]
+        carried = (ids[full:], mask[full:]) if full < len(ids) else None
+
+
+def _timed(batches: Iterator[Any], state: dict) -> Iterator[Any]:
+    """``batches``, with the time spent waiting for each added to ``state["data_wait_seconds"]``."""
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        finally:
+            state["data_wait_seconds"] = (
+                state.get("data_wait_seconds", 0.0) + time.perf_counter() - start
+            )
+        yield batch
+
+
+# CPUs each read task of a pretraining's corpus reserves (beside its workers' own).
+READ_CPUS = 0.5
+
+# A worker keeps its share of the corpus in memory after the first pass when it takes at most
+# this much (token ids and mask), and replays it: a streamed pass costs seconds of Ray Data
+# start-up, more than a small corpus's steps. The batches and their order are the same.
+EPOCH_CACHE_BYTES = 512 * 2**20
+
+
+class _EpochCache:
+    """Iterating gives one epoch of batches: streamed from ``stream()`` on the first pass (and
+    every pass, once the corpus proved larger than ``limit`` bytes), replayed afterwards."""
+
+    def __init__(self, stream: Callable[[], Iterator[Any]], limit: int = EPOCH_CACHE_BYTES):
+        self.stream = stream
+        self.limit = limit
+        self.batches: list | None = None  # a complete first pass, once one was kept
+        self.too_large = False
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept: list | None = None if self.too_large else []
+        size = 0
+        for batch in self.stream():
+            if kept is not None:
+                size += sum(t.element_size() * t.nelement() for t in batch)
+                if size > self.limit:
+                    kept, self.too_large = None, True
+                else:
+                    kept.append(batch)
+            yield batch
+        # Only a pass that ran to its end is a whole epoch (a consumer may stop mid-way).
+        if kept is not None:
+            self.batches = kept
 
 
 @dataclass(frozen=True)
@@ -181,7 +246,8 @@ def _restore(opt: _Optimisation, device: Any) -> dict:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0}
+        return {"step": 0, "tokens_seen": 0, "flops": 0.0, "wall_seconds": 0.0,
+                "optimizer_seconds": 0.0}
     with checkpoint.as_directory() as folder:
         saved = torch.load(
             Path(folder) / "trainer_state.pt", map_location=device, weights_only=False
@@ -191,6 +257,11 @@ def _restore(opt: _Optimisation, device: Any) -> dict:
     opt.scheduler.load_state_dict(saved["scheduler"])
     return saved["state"]
 
+
+# Rank 0's seconds inside its optimizer steps, cumulative over resumes (a pretraining metric).
+OPTIMIZER_SECONDS = "optimizer_seconds"
+# Rank 0's seconds waiting for the corpus's next batch (streamed passes; replays are free).
+DATA_WAIT_SECONDS = "data_wait_seconds"
 
 # Seconds between a worker's progress records (besides one at every checkpoint), so a kill
 # loses at most about that much from the record of what ran. They go to the driver through a
@@ -273,6 +344,8 @@ class _Progress:
             "tokens_seen": state["tokens_seen"],
             "flops": state["flops"],
             "wall_seconds": state["wall_seconds"],
+            "optimizer_seconds": state.get("optimizer_seconds", 0.0),
+            "data_wait_seconds": state.get("data_wait_seconds", 0.0),
             "checkpoint_seconds": state["checkpoint_seconds"],
             "resumed_from_step": self.resumed["step"],
             "resumed_wall_seconds": self.resumed["wall_seconds"],
@@ -331,7 +404,9 @@ def pretrain_worker(config: dict) -> None:
     by the trial's counter on the first batch. The worker's time from its start (building the
     model, restoring, streaming, stepping, checkpointing) is in ``wall_seconds`` and
     ``checkpoint_seconds``, cumulative over resumes; every record also names its device
-    (``ablate.cost.current_device``) and the energy NVML measured.
+    (``ablate.cost.current_device``) and the energy NVML measured. ``optimizer_seconds`` is the
+    part of it spent in the steps themselves (masking, the step, the schedule), the study's
+    useful work, and ``data_wait_seconds`` the part spent waiting for the corpus's batches.
     """
     import logging
 
@@ -369,10 +444,13 @@ def pretrain_worker(config: dict) -> None:
     generator = torch.Generator().manual_seed(recipe.seed * 7919 + rank + state["step"])
     shard = ray.train.get_dataset_shard("train")
     flops_per_step = None
+    epochs = _EpochCache(
+        lambda: _timed(_batches(shard, recipe.batch_size, plan.pad_id, plan.width), state))
     while state["step"] < recipe.max_steps:
         produced = False
-        for ids, mask in _batches(shard, recipe.batch_size, plan.pad_id, plan.width):
+        for ids, mask in epochs:
             produced = True
+            step_start = time.perf_counter()
             masked, labels = mask_tokens(
                 ids,
                 mask,
@@ -387,6 +465,7 @@ def pretrain_worker(config: dict) -> None:
                 flops_per_step = float(
                     count_step_flops(opt.model, batch, backward=True, loss_fn=masked_lm_loss)
                 )
+                step_start = time.perf_counter()  # the count above is set-up, not a step
             loss = train_step(opt.model, opt.optimizer, batch, device, loss_fn=masked_lm_loss)
             opt.scheduler.step()
             state["step"] += 1
@@ -394,6 +473,9 @@ def pretrain_worker(config: dict) -> None:
             state["tokens_seen"] += int(batch[1].sum().item()) * world
             state["flops"] += flops_per_step * world
             progress.add_loss(loss.item())
+            state["optimizer_seconds"] = (
+                state.get("optimizer_seconds", 0.0) + time.perf_counter() - step_start
+            )
             done = state["step"] >= recipe.max_steps
             if state["step"] % recipe.checkpoint_every == 0 or done:
                 _checkpoint(opt, clock, progress)
@@ -455,6 +537,8 @@ class PretrainLedger:
         recorded = recorded or {}
         self.prices = dict(prices or {})
         self.wall = float(recorded.get(MetricName.WALL_SECONDS, 0.0))
+        self.optimizer = float(recorded.get(OPTIMIZER_SECONDS, 0.0))
+        self.data_wait = float(recorded.get(DATA_WAIT_SECONDS, 0.0))
         self.checkpoint = float(recorded.get(MetricName.CHECKPOINT_SECONDS, 0.0))
         self.lost = float(recorded.get(MetricName.LOST_SECONDS, 0.0))
         self.charged = 0.0  # seconds of this driver's fit its records charged
@@ -482,6 +566,8 @@ class PretrainLedger:
             before = restored + self.lost - (lost if self.records else 0.0)
         self.records += 1
         self.wall = float(worker["wall_seconds"])
+        self.optimizer = float(worker.get("optimizer_seconds", 0.0))
+        self.data_wait = float(worker.get("data_wait_seconds", 0.0))
         self.checkpoint = float(worker["checkpoint_seconds"])
         self.charged += max(0.0, self.wall + self.checkpoint + self.lost - before)
         return self.metrics()
@@ -517,6 +603,8 @@ class PretrainLedger:
             {
                 MetricName.WALL_SECONDS: wall,
                 "step_seconds": self.wall,
+                OPTIMIZER_SECONDS: self.optimizer,
+                DATA_WAIT_SECONDS: self.data_wait,
                 MetricName.CHECKPOINT_SECONDS: self.checkpoint,
                 MetricName.LOST_SECONDS: self.lost,
                 MetricName.FLOPS: float(first["flops"]),
@@ -572,7 +660,7 @@ def _trainer(
     # From the study's storage if it has one apart from the work folder, so workers on any node
     # can stream the corpus; else on the driver's node, where it was written.
     source = shard_source(shard_dir, manifest.files, storage_path, work_dir)
-    dataset = ray.data.read_parquet(source.paths, **read_placement([source], 0.5))
+    dataset = ray.data.read_parquet(source.paths, **read_placement([source], READ_CPUS))
     return TorchTrainer(
         pretrain_worker,
         train_loop_config={

@@ -19,6 +19,12 @@ version and commit, the data digest and file count). Its artifacts, under ``prov
   start-up trials (later suggestions depend on the order trials finished), so replaying a study
   needs the suggestions themselves.
 
+The run is created when the sweep is opened, before Ray starts, with the sweep's spec
+fingerprint (``spec_fingerprint``: tag ``Tag.SPEC_FINGERPRINT``, and ``fingerprint.json`` with
+every part it covers) and its budget (``Tag.BUDGET``); ``--resume`` refuses a spec whose
+fingerprint differs, naming the keys that changed. ``Tag.SEARCH_STARTED`` is set when the
+search's Tuner starts fitting: a launch without it (and without trials) never started.
+
 A resumed sweep reuses its run; what differs in the resuming launch is written beside the first
 launch's files, under ``provenance/resume-<n>/`` (``changes.json`` names the parts). The run
 is closed as soon as it is written, never left RUNNING (a resumed driver closes RUNNING runs of
@@ -30,24 +36,34 @@ hashes only what changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ablate.environment import environment, hardware
+from ablate.errors import AblateError
 from ablate.hashing import FileHasher, data_digest
-from ablate.tracking.reader import PROVENANCE_DIR, find_runs, find_sweep_run, read_provenance
+from ablate.tracking.reader import (
+    PROVENANCE_DIR,
+    find_runs,
+    find_sweep_run,
+    read_artifact_json,
+    read_provenance,
+)
 from ablate.tracking.schema import SCHEMA_VERSION, Stage, Tag, tag_filter
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ablate.spec import StudySpec
+    from ablate.spec import SearchSpace, StudySpec
     from ablate.study import PreparedStudy, Sweep
+    from ablate.tracking.reader import SweepInfo
 
 # The parts written at a sweep's start, each compared again when the sweep is resumed.
 START_PARTS = ("spec.yaml", "spec_resolved.json", "search_spaces.json", "environment.json",
@@ -188,6 +204,211 @@ def _comparable(name: str, content: Any) -> Any:
             "total": _steady(cluster.get("total") or {})}
 
 
+# --- what identifies a sweep: its spec fingerprint --------------------------------------------
+
+FINGERPRINT = "fingerprint.json"  # provenance/fingerprint.json: {"sha256": ..., "parts": {...}}
+# Keys of the budget and of a pretraining recipe a resume may change: how often state is
+# checkpointed says nothing about what a cell trains or how it is searched.
+RESUMABLE_KEYS = frozenset({"checkpoint_every"})
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a sweep's cells train and how they are searched, as resolved from its spec.
+
+    ``parts`` maps each key, named as the spec names it (``budget.trials_per_cell``,
+    ``search_spaces.cnn.params.learning_rate.high``), to its value; ``sha256`` is the hash of
+    their canonical JSON (sorted keys, no spaces)."""
+
+    sha256: str
+    parts: dict[str, Any]
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """``value`` as dotted keys under ``prefix``, one per leaf (an empty mapping has none)."""
+    if isinstance(value, dict):
+        for key in sorted(value):
+            _flatten(f"{prefix}.{key}", value[key], out)
+    else:
+        out[prefix] = value
+
+
+def _without_cadence(dumped: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dumped.items() if k not in RESUMABLE_KEYS}
+
+
+def spec_fingerprint(spec: StudySpec, spaces: dict[str, SearchSpace]) -> Fingerprint:
+    """The parts of a resolved spec that may not change while a sweep is resumed.
+
+    - cells: the axes, the tasks (and ``data.drop_train_duplicates``), the expanded cell list,
+      each architecture's resolved model (preset, overrides), the tokenizer options the axis
+      uses and the recipe of every ``mlm:`` pretraining;
+    - budget: every ``budget`` key (trials, epochs, concurrency, ASHA, startup trials,
+      patience, retries) but ``checkpoint_every``, the study ``seed`` and ``replicates``;
+    - search spaces: each architecture's resolved ranges (the JSON its cells are tagged with);
+    - resources: ``resources`` per trial.
+
+    Prices, tracking, contrasts, paths (data folder, storage, work dir) and the Ray address
+    may change; a change of data is recorded (and warned of) by the resume's provenance.
+    ``spaces`` are the study's search spaces by architecture (``load_spaces``)."""
+    from ablate.spec import expand_cells
+    from ablate.study import _ranges_json
+
+    parts: dict[str, Any] = {}
+    _flatten("axes", spec.axes.model_dump(mode="json"), parts)
+    parts["data.tasks"] = list(spec.data.tasks)
+    parts["data.drop_train_duplicates"] = spec.data.drop_train_duplicates
+    parts["cells"] = [cell.name for cell in expand_cells(spec)]
+    _flatten("budget", _without_cadence(spec.budget.model_dump(mode="json")), parts)
+    parts["seed"] = spec.seed
+    parts["replicates"] = list(spec.replicates)
+    _flatten("resources", spec.resources.model_dump(mode="json"), parts)
+    if "kmer" in spec.axes.tokenizer:
+        parts["tokenizers.kmer_k"] = spec.tokenizers.kmer_k
+    if "bpe" in spec.axes.tokenizer:
+        parts["tokenizers.bpe_vocab_size"] = spec.tokenizers.bpe_vocab_size
+    for arch in spec.axes.architecture:
+        _flatten(f"search_spaces.{arch}", json.loads(_ranges_json(spaces[arch])), parts)
+        if arch in spec.external_checkpoints:
+            model: dict[str, Any] = {"preset": "checkpoint"}  # its size is its config
+        else:
+            choice = spec.models.get(arch)
+            model = {"preset": (choice.preset if choice else None) or spaces[arch].preset,
+                     "overrides": dict(choice.overrides) if choice else {}}
+        _flatten(f"models.{arch}", json.loads(json.dumps(model)), parts)
+    for value in spec.axes.pretraining:
+        kind, _, name = value.partition(":")
+        if kind == "mlm":
+            recipe = spec.pretrain_specs[name].model_dump(mode="json")
+            _flatten(f"pretrain_specs.{name}", _without_cadence(recipe), parts)
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return Fingerprint(hashlib.sha256(text.encode()).hexdigest(), json.loads(text))
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _shown(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _under(parts: dict[str, Any], prefix: str) -> list[str]:
+    return [k for k in parts if k == prefix or k.startswith(f"{prefix}.")]
+
+
+def fingerprint_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """One line per key whose value differs (``budget.trials_per_cell: 4 -> 6``), in the
+    order of ``after`` then keys only ``before`` has; cells added or removed by name, and a
+    group of keys only one side has (an architecture's search space) as one line."""
+    lines, said = [], set()
+    for key in [*after, *(k for k in before if k not in after)]:
+        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
+        if old == new or key in said:
+            continue
+        if key == "cells" and isinstance(old, list) and isinstance(new, list):
+            added = [c for c in new if c not in old]
+            removed = [c for c in old if c not in new]
+            what = [f"added {', '.join(added)}"] if added else []
+            what += [f"removed {', '.join(removed)}"] if removed else []
+            lines.append(f"cells: {'; '.join(what) or 'reordered'}")
+            continue
+        if old is _ABSENT or new is _ABSENT:  # the widest group only one side has
+            present, other = (after, before) if old is _ABSENT else (before, after)
+            names = key.split(".")
+            for n in range(1, len(names)):
+                prefix = ".".join(names[:n])
+                if not _under(other, prefix):
+                    group = _under(present, prefix)
+                    if len(group) > 1:
+                        lines.append(f"{prefix}: {'added' if present is after else 'removed'}")
+                        said.update(group)
+                    break
+            if key in said:
+                continue
+        lines.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+    return lines
+
+
+def sweep_budget(spec: StudySpec) -> dict[str, int]:
+    """``Tag.BUDGET``: cells, trials per cell and replicates per cell of a sweep."""
+    from ablate.spec import expand_cells
+
+    return {"cells": len(expand_cells(spec)), "trials_per_cell": spec.budget.trials_per_cell,
+            "replicates": len(spec.replicates)}
+
+
+def _record_fingerprint(client: Any, run_id: str, spec: StudySpec,
+                        fingerprint: Fingerprint) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(Tag.SPEC_FINGERPRINT, fingerprint.sha256),
+                                   RunTag(Tag.BUDGET, json.dumps(sweep_budget(spec)))])
+    _log(client, run_id, PROVENANCE_DIR,
+         {FINGERPRINT: {"sha256": fingerprint.sha256, "parts": fingerprint.parts}})
+
+
+def open_sweep_run(client: Any, experiment_id: str, spec: StudySpec, sweep: str,
+                   data_tag: str, fingerprint: Fingerprint) -> str:
+    """Create a new sweep's provenance run, with its fingerprint and budget; its run id.
+
+    Written when the sweep is opened, before Ray starts; the rest of its provenance is added
+    by ``record_sweep_start``."""
+    tags = {Tag.STUDY: spec.name, Tag.SWEEP: sweep, Tag.STAGE: Stage.SWEEP,
+            Tag.SCHEMA_VERSION: str(SCHEMA_VERSION), Tag.DATA: data_tag}
+    run_id = client.create_run(experiment_id, tags=tags,
+                               run_name=f"provenance {sweep}").info.run_id
+    _record_fingerprint(client, run_id, spec, fingerprint)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def check_resume(client: Any, record: SweepInfo, spec: StudySpec, fingerprint: Fingerprint, *,
+                 new_sweep_command: str, progress: Callable[[str], None] = print) -> None:
+    """Refuse to resume ``record`` with a spec whose fingerprint differs from the one recorded
+    when the sweep was opened, naming the keys that changed.
+
+    A sweep opened before fingerprints were recorded is resumed with a warning, and this
+    launch's fingerprint is recorded on it, so later resumes are checked against it."""
+    run = record.sweep_run
+    if record.fingerprint is None:
+        progress(f"warning: sweep {record.sweep} was opened before ablate recorded a spec "
+                 "fingerprint, so it cannot tell whether its cells, budget, search spaces or "
+                 "resources changed since; resuming it anyway (provenance/resume-<n> records "
+                 "what differs from its first launch). This launch's fingerprint is recorded: "
+                 "later resumes are checked against it")
+        if run is not None:
+            _record_fingerprint(client, run.info.run_id, spec, fingerprint)
+        return
+    if record.fingerprint == fingerprint.sha256:
+        return
+    stored = read_artifact_json(client, run.info.run_id, f"{PROVENANCE_DIR}/{FINGERPRINT}")
+    changes = fingerprint_changes(stored["parts"], fingerprint.parts) if stored else []
+    if not changes:
+        changes = [f"fingerprint {record.fingerprint[:12]} -> {fingerprint.sha256[:12]} (the "
+                   "sweep's parts are not recorded, so the keys cannot be named)"]
+    shown = changes[:20] + ([f"... and {len(changes) - 20} more"] if len(changes) > 20 else [])
+    raise AblateError(
+        f"sweep {record.sweep} cannot be resumed with this spec: what its cells train or how "
+        "they are searched changed since it was opened (cells, budget, search spaces and "
+        "resources must stay as they were):\n  " + "\n  ".join(shown) + "\n"
+        "Resuming would mix two budgets in one sweep. Start a new sweep instead: "
+        f"{new_sweep_command} (without --resume), or put the spec back as it was."
+    )
+
+
+def mark_search_started(client: Any, run_id: str) -> None:
+    """Set ``Tag.SEARCH_STARTED`` on a sweep run (once: a resume keeps the first time)."""
+    if Tag.SEARCH_STARTED not in client.get_run(run_id).data.tags:
+        client.set_tag(run_id, Tag.SEARCH_STARTED, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
 # --- the sweep run ---------------------------------------------------------------------------
 
 
@@ -237,26 +458,33 @@ def record_sweep_start(spec: StudySpec, prepared: PreparedStudy, sweep: Sweep, *
                        spec_file: str | Path | None = None,
                        progress: Callable[[str], None] = print) -> str:
     """Write the sweep's provenance run (or, resumed, add what differs to it); its run id."""
+    from mlflow.entities import RunTag
+
     parts = start_parts(spec, prepared, spec_file, progress)
     client = sweep.client
     run = find_sweep_run(client, sweep.experiment_id, sweep.sweep)
-    if run is None:
+    if run is None:  # opened without one (open_sweep writes it): written here
         tags = {Tag.STUDY: spec.name, Tag.SWEEP: sweep.sweep, Tag.STAGE: Stage.SWEEP,
-                Tag.SCHEMA_VERSION: str(SCHEMA_VERSION), Tag.DATA: prepared.data_tag,
-                **_summary_tags(parts)}
+                Tag.SCHEMA_VERSION: str(SCHEMA_VERSION), Tag.DATA: prepared.data_tag}
         run_id = client.create_run(sweep.experiment_id, tags=tags,
                                    run_name=f"provenance {sweep.sweep}").info.run_id
+    else:
+        run_id = run.info.run_id
+    summary = [RunTag(k, v) for k, v in _summary_tags(parts).items()]
+    if run is None or not sweep.resumed:  # this launch opened the sweep: its first record
+        client.log_batch(run_id, tags=summary)
         _log(client, run_id, PROVENANCE_DIR, parts)
         client.set_terminated(run_id, status="FINISHED")
         progress(f"provenance: run {run_id}, data digest {parts['data.json']['digest'][:12]} "
                  f"over {len(parts['data.json']['files'])} files")
         return run_id
-    run_id = run.info.run_id
     if run.info.status == "RUNNING":  # the first driver stopped while writing it
         client.set_terminated(run_id, status="FINISHED")
     stored = read_provenance(client, run_id)
     missing = {name: parts[name] for name in START_PARTS if Path(name).stem not in stored}
     _log(client, run_id, PROVENANCE_DIR, missing)  # what the first driver never wrote
+    if "spec.yaml" in missing:
+        client.log_batch(run_id, tags=summary)
     number = len(stored.get("resumes", [])) + 1
     changed = [name for name in START_PARTS if name not in missing and _comparable(
         name, stored.get(Path(name).stem)) != _comparable(name, parts[name])]

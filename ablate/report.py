@@ -1,7 +1,9 @@
 """Render a study: ``report.md``, a self-contained ``report.html``, CSV tables and PNG plots.
 
-The report opens with the headline contrast (each pretrained transformer with its own tokenizer
-against the best convolutional model from scratch, task by task), then a plain-language answer
+An unfinished sweep says so first, in one line naming each cell short of its budget. The
+report then opens with budget parity and the headline contrast (each pretrained transformer
+with its own tokenizer against the best convolutional model from scratch, task by task), then
+a plain-language answer
 to the study's three questions (transformer vs convolution, what pretraining contributes, what
 BPE does), each with its effect size, interval and Holm-adjusted p-value, and "not significant"
 where it is not; then the study's further contrasts, the comparisons with both arms' parameter
@@ -18,6 +20,7 @@ import base64
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,21 +28,32 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import analysis
+from ablate.data import reference
 from ablate.importance import param_importances
 from ablate.plots import (
+    condition_colours,
+    condition_labels,
     plot_compute_curves,
     plot_cost_benefit,
     plot_cost_vs_mcc,
+    plot_forest,
     plot_tuning_curves,
 )
 from ablate.provenance import data_hashes, report_lines
 from ablate.spec import HEADLINE_CONTRAST, Contrast
-from ablate.tracking.schema import Tag, tag_column
+from ablate.tracking.reader import SweepInfo, SweepState
+from ablate.tracking.schema import Stage, Tag, tag_column
 
 QUESTIONS = {
     "architecture": "Do pretrained transformers beat convolutional models?",
     "pretraining": "What does pretraining itself contribute?",
     "tokenizer": "What does BPE tokenization do?",
+}
+ANSWERS = "Answers"
+SHORT_QUESTIONS = {
+    "architecture": "Architecture (transformer vs convolution)",
+    "pretraining": "Pretraining",
+    "tokenizer": "Tokenizer (BPE vs single nucleotides or k-mers)",
 }
 SIZE_MARK = "‡"
 EXTENSION_MARK = "†"
@@ -63,6 +77,7 @@ class Report:
     summary: list[str] = field(default_factory=list)
     contrasts: pd.DataFrame = field(default_factory=pd.DataFrame)
     headline: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # the top line of an unfinished sweep
 
     @property
     def markdown(self) -> Path:
@@ -255,6 +270,178 @@ def summarise_contrasts(rows: pd.DataFrame, pattern: Contrast, has_replicates: b
     return lines
 
 
+# --- the answers at the top -----------------------------------------------------------------
+
+
+def _verdict_short(row) -> str:
+    if row.verdict == "underpowered":
+        if int(row.n_tasks) < 2:
+            return "underpowered (one task: no test possible)"
+        return (f"underpowered ({int(row.n_tasks)} tasks: no p below "
+                f"{float(row.p_floor):.3g} is attainable)")
+    if row.verdict == "significant":
+        return f"significant after Holm (p = {row.p_holm:.3g})"
+    if row.verdict == "not significant":
+        return f"not significant after Holm (p = {row.p_holm:.3g})"
+    return str(row.verdict)
+
+
+def _direction(row, treatment: str, baseline: str) -> str:
+    if row.ci_low > 0:
+        return f"{treatment} scores higher"
+    if row.ci_high < 0:
+        return f"{baseline} scores higher"
+    return "the interval includes no difference"
+
+
+def _effect_text(row) -> str:
+    return (f"{row.mean_difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] over "
+            f"{row.sample}")
+
+
+def _answer_label(row, axis: str) -> str:
+    if axis in QUESTIONS:
+        return f"{row.treatment} vs {row.baseline} ({_fixed(row)})"
+    return f"{row.treatment} vs {row.control}"
+
+
+def answer_sentence(question: str, rows: pd.DataFrame, axis: str) -> str:
+    """One sentence answering one question from its comparison rows."""
+    head = f"**{question}**"
+    if rows.empty:
+        return f"{head} The study has no pair of conditions to answer it."
+    usable = rows[rows["verdict"] != "refused"]
+    if usable.empty:
+        return (f"{head} Not answered: all {len(rows)} comparison(s) were refused (budgets "
+                "differ or the sweep has not finished; see Budget parity).")
+    metric = "/".join(sorted({m for v in usable["metric"] for m in str(v).split("+")}))
+    if len(usable) == 1:
+        row = next(usable.itertuples())
+        label = _answer_label(row, axis)
+        baseline = row.baseline if axis in QUESTIONS else "the control"
+        return (f"{head} {label}: paired test-score difference ({metric}) "
+                f"{_effect_text(row)}; {_direction(row, row.treatment, baseline)}; "
+                f"{_verdict_short(row)}.")
+    counts = usable["verdict"].value_counts()
+    ordered = usable.sort_values("mean_difference")
+    low, high = next(ordered.head(1).itertuples()), next(ordered.tail(1).itertuples())
+    said = ", ".join(f"{int(counts[v])} {v}" for v in ("significant", "not significant",
+                                                        "underpowered") if counts.get(v, 0))
+    refused = len(rows) - len(usable)
+    return (f"{head} {len(usable)} comparisons ({said}"
+            + (f"; {refused} refused" if refused else "")
+            + f"); paired test-score differences ({metric}) run from "
+            f"{_answer_label(low, axis)} {_effect_text(low)} to "
+            f"{_answer_label(high, axis)} {_effect_text(high)}.")
+
+
+def _answer_table(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
+    usable = rows[rows["verdict"] != "refused"]
+    return pd.DataFrame({
+        "comparison": [_answer_label(r, axis) for r in usable.itertuples()],
+        "marks": [marks(r) for r in usable.itertuples()],
+        "difference": usable["mean_difference"].to_numpy(),
+        "interval": [f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in usable.itertuples()],
+        "sample": usable["sample"].to_numpy(),
+        "p (Holm)": usable["p_holm"].to_numpy(),
+        "verdict": usable["verdict"].to_numpy(),
+    })
+
+
+def _treatment_condition(row, axis: str) -> str:
+    if axis not in QUESTIONS:
+        return str(row.treatment)
+    return "/".join(str(row.treatment) if a == axis else str(getattr(row, a))
+                    for a in analysis.AXES)
+
+
+def _forest_rows(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
+    usable = rows[rows["verdict"] != "refused"]
+    return usable.assign(
+        label=[_answer_label(r, axis) for r in usable.itertuples()],
+        condition=[_treatment_condition(r, axis) for r in usable.itertuples()])
+
+
+def _answers_section(comps: pd.DataFrame, per_task: pd.DataFrame, headline: pd.DataFrame,
+                     headline_tasks: pd.DataFrame, has_replicates: bool, out: Path,
+                     colours: dict) -> _Section:
+    """The report's first section: one sentence per question (and the headline contrast),
+    a compact table of its comparisons, then one forest plot per question."""
+    section = _Section(ANSWERS)
+    if not has_replicates:
+        section.lines = ["No replicates were run (the study stopped after the search), so no "
+                         "question has a test-set answer yet; the budget table below has the "
+                         "dev scores."]
+        return section
+    section.lines = ["Each answer is a paired test-score difference (treatment - baseline, "
+                     "task by task and seed by seed) with its interval, the sample behind it "
+                     "and its verdict after Holm's correction; details, parameter counts and "
+                     "caveats follow below."]
+    questions = [(axis, SHORT_QUESTIONS[axis] + ": " + QUESTIONS[axis],
+                  comps[comps["axis"] == axis] if len(comps) else comps, per_task)
+                 for axis in QUESTIONS]
+    questions.insert(0, ("headline", "The headline contrast: " + HEADLINE_CONTRAST.name, headline,
+                         headline_tasks))
+    for axis, question, rows, _ in questions:
+        if axis == "headline" and rows.empty:
+            continue
+        section.lines.append(f"- {answer_sentence(question, rows, axis)}")
+    used = pd.concat([comps, headline], ignore_index=True) if len(comps) or len(headline) \
+        else comps
+    section.lines += ["", *legend(used)] if len(used) else []
+    for axis, question, rows, tasks in questions:
+        if rows.empty or (rows["verdict"] == "refused").all():
+            continue
+        part = _Section(question, level=3)
+        part.tables = [_answer_table(rows, axis)]
+        path = out / f"forest_{axis}.png"
+        plot_forest(_forest_rows(rows, axis), tasks, path, question, colours)
+        part.figures = [(path, "Forest plot. Diamond: the pooled paired difference and its "
+                               "interval; dots: each task, with its interval over its seeds "
+                               "(a point where a task has one seed); at the right: the pooled "
+                               "value and the verdict.")]
+        section.parts.append(part)
+    return section
+
+
+def _reference_section(table: pd.DataFrame) -> _Section | None:
+    """Published scores beside the study's own, for the tasks the study has (real GUE)."""
+    rows = reference.reference_scores(table["task"]) if len(table) else []
+    if not rows:
+        return None
+    section = _Section("Published reference scores")
+    shown = []
+    for row in rows:
+        cells = table[table["task"] == row["task"]]
+        best = (cells.dropna(subset=["test_score"]).sort_values("test_score", ascending=False)
+                .head(1) if "test_score" in cells else cells.head(0))
+        entry = {"task": row["task"],
+                 "metric": "+".join(sorted(set(cells["metric"]))),
+                 "study best (test)": (float(best["test_score"].iloc[0]) if len(best)
+                                       else float("nan")),
+                 "study best cell": best["cell"].iloc[0] if len(best) else "no replicates"}
+        for model in reference.MODELS:
+            entry[f"{model.name} (published)"] = row.get(model.name, float("nan"))
+        shown.append(entry)
+    params = table["n_params"].dropna() if "n_params" in table else pd.Series(dtype=float)
+    epochs = sorted({int(e) for e in table.get("max_epochs", pd.Series(dtype=float)).dropna()})
+    tokenizers = ", ".join(sorted(set(table["tokenizer"])))
+    pretraining = ", ".join(sorted(set(table["pretraining"])))
+    size = (f"{count_text(params.min())} to {count_text(params.max())} parameters"
+            if len(params) else "parameter counts unknown")
+    section.lines = [
+        f"Published test scores from the {reference.SOURCE} (MCC, printed there x 100 and "
+        "divided by 100 here), beside this study's best cell by mean test score on each task. "
+        "They are not a like-for-like comparison; where this setup differs:",
+        *[f"- {m.name}: {m.setup}." for m in reference.MODELS],
+        f"- This study: {size}; at most {', '.join(map(str, epochs)) or '?'} epoch(s) per "
+        f"trial after a search of its own; tokenizers {tokenizers}; pretraining {pretraining}.",
+    ]
+    section.tables = [pd.DataFrame(shown)]
+    section.after = [f"Source: {reference.CITATION}"]
+    return section
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 
@@ -266,29 +453,96 @@ def _markdown(frame: pd.DataFrame) -> str:
     return escaped.to_markdown(index=False, floatfmt=".4g")
 
 
+_BREAKS = re.compile(r"([|_/,;+])")
+_LONG_RUN = re.compile(r"([0-9A-Za-z]{12})(?=[0-9A-Za-z])")
+
+
+def _breakable(text: str) -> str:
+    """Escaped HTML text with a line-break opportunity after each '|', '_', '/', ',', ';' and
+    '+' of a long run, and every 12 characters of a long unbroken word (a run id), so long
+    cell names and column names wrap inside narrow columns."""
+    if len(text) <= 14:
+        return text
+    return _BREAKS.sub(r"\1<wbr>", _LONG_RUN.sub(r"\1<wbr>", text))
+
+
 def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
+    body = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="",
+                         border=0)
+    body = re.sub(r">([^<]+)<", lambda m: ">" + _breakable(m.group(1)) + "<", body)
+    wide = " wide" if len(frame.columns) >= WIDE_TABLE else ""
+    return f'<div class="table-wrap{wide}">{body}</div>'
 
 
-def _image(path: Path) -> str:
+def _image(path: Path, caption: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+    img = f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption or path.stem)}">'
+    text = f"<figcaption>{_inline(caption)}</figcaption>" if caption else ""
+    return f'<figure id="fig-{html.escape(path.stem)}">{img}{text}</figure>'
 
 
-def _html(title: str, sections: list[tuple[str, str]]) -> str:
-    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-             "padding:2px 6px}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+WIDE_TABLE = 12  # columns from which a table is set smaller, to fit the page
+STYLE = """
+body{font:15px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",sans-serif;
+  color:#1f2328;background:#fff;max-width:1180px;margin:0 auto;padding:1.2em 2em 4em}
+h1{font-size:1.75em;margin:.4em 0 .2em}
+h2{font-size:1.3em;margin:2.2em 0 .6em;padding-bottom:.25em;border-bottom:1px solid #d8dee4}
+h3{font-size:1.05em;margin:1.6em 0 .4em}
+p,li{max-width:80em}
+ul{padding-left:1.5em}
+li{margin:.4em 0}
+code{font-size:.9em;background:#f2f4f7;padding:.05em .3em;border-radius:4px;
+  overflow-wrap:anywhere}
+nav.toc{font-size:.9em;background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;
+  padding:.4em 1em;margin:1em 0}
+nav.toc ol{columns:2;margin:.3em 0;padding-left:1.4em}
+nav.toc li{margin:.1em 0}
+section#answers{background:#f5f9ff;border:1px solid #c9dcf5;border-radius:8px;
+  padding:.2em 1.4em 1em;margin-top:1.2em}
+section#answers h2{margin-top:.8em}
+.table-wrap{max-width:100%;overflow-x:auto;margin:.8em 0 1.2em}
+table{border-collapse:collapse;font-size:12.5px;line-height:1.35;max-width:100%}
+th,td{border:1px solid #d0d7de;padding:3px 7px;vertical-align:top;text-align:left;
+  overflow-wrap:break-word}
+td:first-child{min-width:9em}
+.wide table{font-size:11px}
+.wide th,.wide td{padding:2px 4px}
+.wide td:first-child{min-width:7em}
+th{background:#eef1f5;font-weight:600}
+td{font-variant-numeric:tabular-nums}
+tbody tr:nth-child(even){background:#f8f9fb}
+figure{margin:1em 0 1.6em}
+figure img{display:block;max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{font-size:.88em;color:#57606a;margin-top:.3em;max-width:80em}
+.note{color:#57606a;font-size:.92em}
+"""
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+
+
+def _html(title: str, sections: list[tuple[str, str]], lead: str = "") -> str:
+    ids = []
+    for heading, _ in sections:
+        slug = "answers" if heading == ANSWERS else _slug(heading)
+        while slug in ids:
+            slug += "-x"
+        ids.append(slug)
+    toc = "".join(f'<li><a href="#{i}">{html.escape(h)}</a></li>'
+                  for i, (h, _) in zip(ids, sections, strict=True))
+    body = "\n".join(f'<section id="{i}"><h2>{html.escape(h)}</h2>\n{content}</section>'
+                     for i, (h, content) in zip(ids, sections, strict=True))
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{lead}"
+            f"<nav class='toc'><strong>Contents</strong><ol>{toc}</ol></nav>"
             f"{body}</body></html>")
 
 
 def _inline(line: str) -> str:
     """One Markdown line as HTML: escaped, with **bold** and `code` rendered."""
-    import re
-
     text = html.escape(line)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
@@ -309,24 +563,49 @@ def _md_para(lines: list[str]) -> str:
     return "".join(out)
 
 
+def _md_lines(lines: list[str]) -> list[str]:
+    """Markdown lines with a blank line between paragraphs (a list stays one block), so a
+    Markdown viewer does not run them together."""
+    out: list[str] = []
+    for line in lines:
+        item = line.startswith("- ")
+        if out and out[-1] and not (item and out[-1].startswith("- ")):
+            out.append("")
+        out.append(line)
+    return out
+
+
 @dataclass
 class _Section:
-    """One section of both renderings: paragraphs, then optional tables, then more text."""
+    """One section of both renderings: paragraphs, then optional tables, then more text, then
+    figures (path, caption)."""
 
     title: str
     lines: list[str] = field(default_factory=list)
     tables: list[pd.DataFrame] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
+    figures: list[tuple[Path, str]] = field(default_factory=list)
+    parts: list[_Section] = field(default_factory=list)  # subsections, after the figures
+    level: int = 2
 
     def markdown(self) -> list[str]:
-        out = [f"## {self.title}", "", *self.lines]
+        out = [f"{'#' * self.level} {self.title}", "", *_md_lines(self.lines)]
         for table in self.tables:
             out += ["", _markdown(table), ""]
-        return [*out, *self.after, ""]
+        out += _md_lines(self.after)
+        for path, caption in self.figures:
+            out += ["", f"![{caption or path.stem}]({path.name})", "", f"*{caption}*"]
+        out.append("")
+        for part in self.parts:
+            out += part.markdown()
+        return out
 
     def html(self) -> tuple[str, str]:
+        sub = "".join(f"<h{p.level}>{html.escape(p.title)}</h{p.level}>{p.html()[1]}"
+                      for p in self.parts)
         return self.title, (_md_para(self.lines) + "".join(_table_html(t) for t in self.tables)
-                            + _md_para(self.after))
+                            + _md_para(self.after)
+                            + "".join(_image(p, c) for p, c in self.figures) + sub)
 
 
 def _with_marks(frame: pd.DataFrame) -> pd.DataFrame:
@@ -375,27 +654,30 @@ def _contrast_tables(contr: pd.DataFrame, per_task: pd.DataFrame) -> list[pd.Dat
 
 def _parity_section(table: pd.DataFrame, refused: dict[str, str],
                     trials_per_cell: int | None,
-                    replicates_per_cell: int | None = None) -> _Section:
+                    replicates_per_cell: int | None = None,
+                    n_cells: int | None = None) -> _Section:
     """Before any comparison: which cells are unfinished or unlike the others, and so left
-    out of every comparison, and which still miss replicates."""
+    out of every comparison, and which still miss replicates. ``n_cells``: the sweep's cells,
+    those without a trial yet included (default: the table's)."""
     section = _Section("Budget parity")
     budget = (f"{trials_per_cell} trials per cell" if trials_per_cell is not None
               else "the most common trial count (no spec given to say the budget)")
-    if table.empty:
+    if table.empty and not refused:
         section.lines = ["No search trials yet."]
     elif not refused:
         section.lines = [f"Every cell finished its budget ({budget}, counting completed, pruned "
                          "and model-failed trials; infrastructure failures are re-issued), and "
                          "every cell of a task had the same epoch budget."]
     else:
-        section.lines = [f"**{len(refused)} of {len(table)} cell(s) are left out of every "
-                         f"comparison**: their budget is unfinished or unlike the others' "
+        section.lines = [f"**{len(refused)} of {n_cells or len(table)} cell(s) are left out of "
+                         f"every comparison**: their budget is unfinished or unlike the others' "
                          f"(target: {budget}). Comparisons name the tasks this removed."]
         section.tables = [pd.DataFrame({"cell": list(refused), "reason": list(refused.values())})]
     if replicates_per_cell and len(table):
         have = (table["replicates"].fillna(0).astype(int) if "replicates" in table
                 else pd.Series(0, index=table.index))
-        short = table[have < replicates_per_cell].assign(replicates=have)
+        missing = have < replicates_per_cell
+        short = table[missing].assign(replicates=have[missing])
         if len(short):
             section.after = [f"**{len(short)} cell(s) have fewer replicates than the "
                              f"{replicates_per_cell} asked for** (the replicate stage has not "
@@ -620,10 +902,21 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     tell an unfinished sweep from a finished one; cells whose budget is unfinished or unlike
     the others' are listed first and left out of every comparison; with
     ``replicates_per_cell`` (the spec's replicate count) cells still missing replicates are
-    listed there too (their comparisons use the seeds both arms have). ``prices`` (the spec's
-    price table) prices runs that logged no price of their own.
+    listed there too (their comparisons use the seeds both arms have). Where the sweep
+    recorded the budget it was opened with (``Tag.BUDGET``), that budget is the one used.
+    ``prices`` (the spec's price table) prices runs that logged no price of their own.
+
+    An unfinished sweep (cells short of their budget or without a trial yet, replicates
+    missing, or runs still open) is said so in one line at the top (``Report.unfinished``),
+    cell by cell, before any comparison.
     """
-    sweep = sweep or analysis.latest_sweep(tracking_uri, study)[1]
+    from ablate.tracking.reader import resolve_sweep
+
+    record = resolve_sweep(tracking_uri, study, sweep)
+    sweep = record.sweep
+    if record.budget:
+        trials_per_cell = record.budget["trials_per_cell"]
+        replicates_per_cell = record.budget["replicates"]
     all_runs = analysis.runs(tracking_uri, study, sweep)
     trial_runs = analysis.search_trials(all_runs)
     reps = analysis.replicates(all_runs)
@@ -632,10 +925,18 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     parity = analysis.budget_parity(table, trials_per_cell=trials_per_cell)
     table["budget_equal"] = table["cell"].map(parity)
     refused = analysis.refused_cells(table, trials_per_cell=trials_per_cell)
-    table["refused"] = table["cell"].map(refused).fillna("")
+    table["refused"] = table["cell"].map(lambda cell: refused.get(cell, ""))
+    idle = _cells_without_trials(all_runs, table)
+    for cell in idle:
+        refused[cell] = ("unfinished: no trial yet" + (f" (0 of {trials_per_cell} trials)"
+                                                       if trials_per_cell else ""))
     comps = analysis.comparisons(reps, refused=refused) if len(reps) else pd.DataFrame()
+    comp_tasks = (analysis.comparison_tasks(reps, refused=refused) if len(reps)
+                  else pd.DataFrame(columns=analysis.TASK_COLUMNS))
     patterns = _patterns(contrasts)
     contr = analysis.contrasts(reps, table, patterns, refused=refused)
+    headline_tasks = analysis.contrast_task_differences(reps, table, [HEADLINE_CONTRAST],
+                                                        refused=refused)
     per_task = analysis.contrast_tasks(reps, table, patterns)
     linked = all_runs.assign(link=analysis._column(all_runs, analysis.PRETRAIN_RUN, None))
     pre_ids = list(linked["link"].dropna().unique())
@@ -670,17 +971,21 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
         data_hashes(origin).to_csv(out / "data_hashes.csv", index=False)
     spent.to_csv(out / "compute_curves.csv", index=False)
     leaks.to_csv(out / "leakage.csv", index=False)
+    # One colour per condition, the same in every figure.
+    colours = condition_colours(condition_labels(table)) if len(table) else {}
+    cell_conditions = (dict(zip(table["cell"], condition_labels(table), strict=True))
+                       if len(table) else {})
     plots = [out / "cost_vs_mcc.png"]
-    plot_cost_vs_mcc(table, plots[0])
+    plot_cost_vs_mcc(table, plots[0], colours)
     if curves:
         plots.append(out / "tuning_curves.png")
-        plot_tuning_curves(curves, plots[-1])
+        plot_tuning_curves(curves, plots[-1], colours, cell_conditions)
     if len(spent):
         plots.append(out / "compute_curves.png")
-        plot_compute_curves(spent, plots[-1])
+        plot_compute_curves(spent, plots[-1], colours)
     if len(benefit) and benefit["test_score"].notna().any():
         plots.append(out / "cost_benefit.png")
-        plot_cost_benefit(benefit, plots[-1])
+        plot_cost_benefit(benefit, plots[-1], colours)
     friedman_line = _friedman(reps, out, plots)
 
     has_reps = bool(len(reps))
@@ -705,43 +1010,134 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, sweep: str | None
     budget_note = ("All cells had the same budget." if all(parity.values()) else
                    "**Budgets differ**: cells marked False in budget_equal are left out of "
                    "every comparison (listed under Budget parity).")
-    shown = ["cell", "family", "metric", "budget_trials", "completed", "pruned",
-             "model_failed", "failed", "running", "max_epochs", "budget_equal",
-             "best_dev_score", "n_params", "device_hours", "wall_seconds", "flops"]
-    shown += [c for c in ("replicates", "replicate_model_failures", "replicate_failures",
+    search = ["cell", "family", "metric", "budget_trials", "completed", "pruned",
+              "model_failed", "failed", "running", "max_epochs", "budget_equal",
+              "best_dev_score", "n_params"]
+    spent = ["cell", "device_hours", "wall_seconds", "flops"]
+    spent += [c for c in ("replicates", "replicate_model_failures", "replicate_failures",
                           "collapsed", "test_score", "test_ci_low", "test_ci_high", "test_n",
                           "selection_gap") if c in table]
     extension = [EXTENSION_NOTE] if table["extension"].any() else []
-    budget = _Section("Budget per cell", [budget_note, *extension], [_cell_view(table)[shown]])
+    view = _cell_view(table)
+    budget = _Section("Budget per cell", [budget_note, *extension,
+                                          "The search per cell, then its cost and its "
+                                          "replicates' test scores (two tables, one row per "
+                                          "cell in each)."], [view[search], view[spent]])
     questions = _Section("The three questions", [*summary, friedman_line])
-    sections = [_parity_section(table, refused, trials_per_cell, replicates_per_cell),
+    headline_rows = (contr[contr["contrast"] == HEADLINE_CONTRAST.name] if len(contr)
+                     else contr)
+    answers = _answers_section(comps, comp_tasks, headline_rows, headline_tasks, has_reps,
+                               out, colours)
+    sections = [answers, _parity_section(table, refused, trials_per_cell, replicates_per_cell,
+                                         len(table) + len(idle)),
                 blocks[0], questions,
                 *blocks[1:], _comparison_section(comps), _selection_section(table),
                 _tasks_section(table, floor, notes), _leakage_section(leaks, uses),
                 _edge_section(table, bool(analysis.search_spaces(all_runs))), budget]
     sections.insert(sections.index(budget), _importance_section(weights))
-    sections += [_equal_compute_section(at_equal), _cost_section(benefit, prices)]
+    equal, cost = _equal_compute_section(at_equal), _cost_section(benefit, prices)
+    sections += [equal, cost]
     if len(even):
         sections.append(_break_even_section(even))
+    if not synthetic:
+        published = _reference_section(table)
+        if published is not None:
+            sections.insert(sections.index(budget), published)
     sections.append(_provenance_section(origin))
+    homes = {"cost_vs_mcc": (budget, "Search cost against best dev score, one panel per task."),
+             "tuning_curves": (budget, "Tuning curves: expected best dev score after n "
+                                       "completed trials, one panel per task."),
+             "compute_curves": (equal, "Best dev score so far against cumulative search "
+                                       "FLOPs, one panel per task."),
+             "cost_benefit": (cost, "Cost-benefit frontier: mean test score against money and "
+                                    "against FLOPs, one panel per task and unit; marker shape "
+                                    "is the amortisation rule, rings and the dotted step line "
+                                    "the Pareto front, the dashed line the k-mer floor."),
+             "critical_difference": (questions, "Critical-difference diagram: mean rank of "
+                                                "each condition over tasks (Nemenyi).")}
+    for path in plots:
+        home, caption = homes[path.stem]
+        home.figures.append((path, caption))
 
     lines = [f"# Study `{study}`", "",
              f"Sweep `{sweep}` in `{tracking_uri}`. Configurations are selected on dev; test is "
              "evaluated once per replicate of each cell's best configuration. Scores are each "
              "task's own metric (the metric column says which).", ""]
+    unfinished = unfinished_lines(record, table, refused, replicates_per_cell)
+    if unfinished:
+        lines += [*unfinished, ""]
     if synthetic:
         lines += ["**Data: synthetic GUE-shaped sequences with planted motifs, not real GUE.**",
                   ""]
     for section in sections:
         lines += section.markdown()
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
-    rendered = [s.html() for s in sections] + [("Plots", "".join(_image(p) for p in plots))]
+    rendered = [s.html() for s in sections]
+    lead = _md_para([f"Sweep `{sweep}` in `{tracking_uri}`. Configurations are selected on "
+                     "dev; test is evaluated once per replicate of each cell's best "
+                     "configuration. Scores are each task's own metric (the metric column says "
+                     "which)."])
+    if synthetic:
+        lead += _md_para(["**Data: synthetic GUE-shaped sequences with planted motifs, not "
+                          "real GUE.**"])
+    if unfinished:
+        rendered.insert(0, ("Unfinished sweep", _md_para(unfinished)))
     title = f"ablate study {study}" + (" (synthetic data)" if synthetic else "")
-    (out / "report.html").write_text(_html(title, rendered))
+    (out / "report.html").write_text(_html(title, rendered, lead))
     return Report(folder=out, cells=table, sweep=sweep, comparisons=comps, summary=summary,
-                  contrasts=contr, headline=headline)
+                  contrasts=contr, headline=headline, unfinished=unfinished)
+
+
+def _cells_without_trials(all_runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """The sweep's cells (its cell runs) with no search trial run yet, in name order."""
+    if all_runs.empty:
+        return []
+    stage = analysis._column(all_runs, tag_column(Tag.STAGE), "")
+    names = analysis._column(all_runs, tag_column(Tag.CELL), "")[stage == Stage.CELL]
+    return sorted(set(names.dropna()) - set(table["cell"]))
+
+
+def unfinished_lines(record: SweepInfo, table: pd.DataFrame, refused: dict[str, str],
+                     replicates_per_cell: int | None, limit: int = 12) -> list[str]:
+    """The report's first line where the sweep is unfinished, empty where it is not: its state
+    where that is not finished, each cell short of its budget with its trials against it, and
+    how many cells miss replicates."""
+    short = {c: r.removeprefix("unfinished: ") for c, r in refused.items()
+             if r.startswith("unfinished")}
+    missing = 0
+    if replicates_per_cell and len(table) and not short:
+        have = (table["replicates"].fillna(0).astype(int) if "replicates" in table
+                else pd.Series(0, index=table.index))
+        missing = int((have < replicates_per_cell).sum())
+    state = record.state
+    if not short and not missing and state != SweepState.RUNNING:
+        return []
+    said = {SweepState.RUNNING: "its runs are still open: a driver is at work on it, or was "
+                                "killed outright",
+            SweepState.INTERRUPTED: "its last launch was interrupted",
+            SweepState.FAILED: "its last launch failed",
+            SweepState.NEVER_STARTED: "its search never started"}.get(state, "")
+    parts = [f"**This sweep is unfinished**{f' ({said})' if said else ''}:"]
+    if short:
+        cells = [f"{c}: {why}" for c, why in sorted(short.items())]
+        more = (f"; and {len(cells) - limit} more (all under Budget parity)"
+                if len(cells) > limit else "")
+        parts.append(f"{len(short)} cell(s) have not run their budget ({'; '.join(cells[:limit])}"
+                     f"{more}); they are left out of every comparison.")
+    if missing:
+        parts.append(f"{missing} cell(s) have fewer replicates than the {replicates_per_cell} "
+                     "asked for; their comparisons use only the seeds both arms have.")
+    if not short and not missing:
+        parts.append("every cell has run its budget, but its runs are still open: the numbers "
+                     "below may still change.")
+    if state == SweepState.NEVER_STARTED:
+        parts.append("Without a started search it cannot be resumed: `ablate run STUDY.yaml` "
+                     "starts a new sweep.")
+    else:
+        named = "" if record.latest else f" --sweep {record.sweep}"
+        parts.append(f"`ablate run STUDY.yaml --resume{named}` continues it.")
+    return [" ".join(parts)]
 
 
 def _friedman(reps: pd.DataFrame, out: Path, plots: list[Path]) -> str:

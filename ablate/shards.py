@@ -2,8 +2,9 @@
 
 A shard set is a folder holding ``part-00000.parquet``, ``part-00001.parquet``, ... and a
 ``manifest.json`` (``ShardManifest``). The folder's name is a content hash of everything that
-determines its bytes: the source file's sha256, the tokenizer's hash and the base-pair cut. An
-unchanged input is therefore never tokenized twice, and a changed one never reuses stale shards.
+determines its bytes: the sha256 of the source rows as read (so a spreadsheet's re-save of the
+same rows reuses them), the tokenizer's hash and the base-pair cut. An unchanged input is
+therefore never tokenized twice, and a changed one never reuses stale shards.
 
 Writes are atomic: shards and manifest are written into a temporary sibling folder that is
 renamed into place only when complete, so a crash leaves no half-written shard set behind.
@@ -64,7 +65,12 @@ class ShardManifest:
 
 
 def shard_key(source_sha256: str, tokenizer_hash: str, length_bp: int) -> str:
-    """The cache key of a shard set: a hash of everything that determines its contents."""
+    """The cache key of a shard set: a hash of everything that determines its contents.
+
+    ``source_sha256`` is the digest of the rows as read (``GUESplit.sha256``, see
+    ``ablate.data.gue.rows_sha256``), not of the file's bytes: the same rows saved by a
+    spreadsheet (byte-order mark, CRLF, quotes) key the same shard set.
+    """
     text = f"v{FORMAT_VERSION}:{source_sha256}:{tokenizer_hash}:{length_bp}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -294,10 +300,29 @@ def read_placement(sources: Any, read_cpus: float) -> dict[str, Any]:
     sources = list(sources)
     options: dict[str, Any] = {"num_cpus": read_cpus}
     if any(source.pinned for source in sources):
-        options["resources"] = {f"node:{ray.util.get_node_ip_address()}": 0.001}
+        ip = ray.util.get_node_ip_address()
+        if read_cpus > 0 and _node_cpus(ip) == 0:
+            # A read pinned there could never be scheduled, and no autoscaler adds a node
+            # for it: refuse rather than wait forever.
+            raise AblateError(
+                f"the shards are only on this machine's disk, but its Ray node ({ip}) has no "
+                "CPUs to read them with (a head started with --num-cpus=0). Give the study "
+                "storage every node reads (--storage s3://..., gs://... or a shared folder)"
+            )
+        options["resources"] = {f"node:{ip}": 0.001}
     elif sources:
         options["filesystem"] = sources[0].filesystem
     return options
+
+
+def _node_cpus(ip: str) -> float | None:
+    """The CPUs Ray's node at ``ip`` has in all (None if no live node has that address)."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("NodeManagerAddress") == ip:
+            return float(node.get("Resources", {}).get("CPU", 0.0))
+    return None
 
 
 def _path_key(path: str) -> str:

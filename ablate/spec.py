@@ -52,6 +52,20 @@ class SyntheticData(_Strict):
 
     scale: float = Field(0.05, gt=0, le=10, description="dataset sizes times this factor")
     seed: int = 0
+    motif_length: int = Field(8, ge=1, le=64, description="bases per planted class motif")
+    motif_mutation: float = Field(
+        0.05, ge=0, lt=0.75, description="chance that a motif copy's base is replaced"
+    )
+    shared_motifs: bool = Field(
+        False,
+        description="datasets of one GUE group share their motifs (a sibling's train split "
+        "then carries a task's signal into masked-LM pretraining)",
+    )
+
+    def signal(self) -> Any:
+        from ablate.data.synthetic import Signal
+
+        return Signal(self.motif_length, self.motif_mutation, self.shared_motifs)
 
 
 class DataSpec(_Strict):
@@ -131,6 +145,13 @@ class BudgetSpec(_Strict):
         description="times a crashed trial (e.g. its node was lost) is retried from "
         "its last checkpoint before it counts as failed",
     )
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        description="epochs between a trial's checkpoints (its latest state, for a retry or "
+        "a resume); the best model is saved once each time it changes; at dnabert2-base a "
+        "checkpoint is ~1.4 GB, so raise it where epochs are short",
+    )
 
     @model_validator(mode="after")
     def _grace_within_max(self) -> BudgetSpec:
@@ -187,6 +208,19 @@ class TrackingSpec(_Strict):
         gt=0,
         description="how long to retry an unreachable tracking server before the "
         "study stops (unsent records are kept for --resume)",
+    )
+    optuna_storage: str | None = Field(
+        None,
+        description="where each cell's Optuna study is copied for optuna-dashboard: an RDB "
+        "URL, a SQLite file path, or 'none' (off); default: beside MLflow's SQLite file "
+        "(X.optuna.db), MLflow's PostgreSQL database (schema 'optuna'), else "
+        "<work_dir>/optuna.db",
+    )
+    live_report_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="while a study runs, its report is refreshed in MLflow (artifacts of the "
+        "sweep's run, under report/) at most this often; 0: only when the sweep ends",
     )
 
 

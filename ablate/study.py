@@ -19,11 +19,14 @@ import logging
 import math
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from ablate.errors import AblateError
 from ablate.shards import TaskInputs
@@ -59,6 +62,44 @@ class StudyRun:
     num_trials: int
     num_errors: int
     num_replicates: int = 0
+    # the driver's wall seconds per phase, in order (``DriverPhases``)
+    phases: dict[str, float] = field(default_factory=dict)
+    phases_inside: dict[str, float] = field(default_factory=dict)  # parts of the phases
+
+
+class DriverPhases:
+    """Where the driver's wall time went, phase by phase: ``prepare`` (the spec checked,
+    tokenizing and sharding, the sweep opened), ``ray_start``, ``provenance`` (the sweep run's
+    records, the live report started), ``pretraining``, ``trial_inputs`` (cell plans, splits
+    into the object store), ``search``, ``replicates`` and ``close`` (runs closed, suggestions
+    and the final report written). Logged on the sweep run as ``driver_seconds/<phase>``
+    (``close`` excepted: it ends that run) and returned in ``StudyRun.phases``.
+    ``seconds_inside`` holds figures that are part of those phases, not beside them:
+    ``mlflow_writes``, the driver's time writing trials' records to MLflow during the search and
+    the replicates (``StudyRun.phases_inside``)."""
+
+    PREFIX = "driver_seconds/"
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.seconds_inside: dict[str, float] = {}
+        self.mark = time.perf_counter()
+
+    def end(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.mark
+        self.mark = now
+
+    def log(self, client: Any, run_id: str) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(self.PREFIX + phase, seconds, now, 0)
+                   for phase, seconds in {**self.seconds, **self.seconds_inside}.items()]
+        try:
+            client.log_batch(run_id, metrics=metrics)
+        except Exception as exc:  # a figure about the study, never a reason to fail it
+            logging.getLogger(__name__).warning("driver phase times not logged: %s", exc)
 
 
 @dataclass
@@ -83,8 +124,16 @@ def resolve_gue_dir(spec: StudySpec, gue_dir: str | None = None) -> Path:
     if spec.data.gue_dir is not None:
         return spec.path(spec.data.gue_dir)
     syn = spec.data.synthetic
-    out = spec.work_path / "synthetic" / f"scale{syn.scale:g}-seed{syn.seed}"
-    return write_synthetic_gue(out, scale=syn.scale, seed=syn.seed, tasks=spec.data.tasks)
+    signal = syn.signal()
+    name = f"scale{syn.scale:g}-seed{syn.seed}{signal.folder_suffix()}"
+    out = spec.work_path / "synthetic" / name
+    # The study's tasks and every GUE dataset a pretraining corpus reads.
+    tasks = list(spec.data.tasks)
+    for recipe in spec.pretrain_specs.values():
+        corpus_tasks = recipe.corpus.gue_tasks
+        if isinstance(corpus_tasks, list):
+            tasks += [t for t in corpus_tasks if t not in tasks]
+    return write_synthetic_gue(out, scale=syn.scale, seed=syn.seed, tasks=tasks, signal=signal)
 
 
 def prepare_inputs(
@@ -179,19 +228,25 @@ def model_plans(
     return plans
 
 
-def prepare_study(
-    spec: StudySpec, gue_dir: str | None, progress: Callable[[str], None] = print
-) -> PreparedStudy:
-    """Cells, search spaces, tokenized shards and models of a study; nothing needs Ray yet."""
+def load_spaces(spec: StudySpec) -> dict[str, SearchSpace]:
+    """Each architecture's search space (an external checkpoint's: the file it names)."""
     from ablate.spec import load_search_space
 
-    cells = expand_cells(spec)
     spaces = {}
     for arch in spec.axes.architecture:
         external = spec.external_checkpoints.get(arch)
         spaces[arch] = load_search_space(
             spec.search_space_path, arch, external.search_space if external else None
         )
+    return spaces
+
+
+def prepare_study(
+    spec: StudySpec, gue_dir: str | None, progress: Callable[[str], None] = print
+) -> PreparedStudy:
+    """Cells, search spaces, tokenized shards and models of a study; nothing needs Ray yet."""
+    cells = expand_cells(spec)
+    spaces = load_spaces(spec)
     gue_root = resolve_gue_dir(spec, gue_dir)
     inputs = prepare_inputs(spec, gue_root, progress)
     data_tag = (
@@ -373,8 +428,9 @@ def pretrain_for_study(
 
     model_files: dict[str, Any] = {}
     sources = _external_sources(spec, prepared.cells, tracking_uri, model_files, progress)
-    for key, job in jobs.items():
-        result = run_pretraining(
+
+    def pretrain(job: PretrainJob) -> Any:
+        return run_pretraining(
             job,
             tracking_uri=tracking_uri,
             work_dir=spec.work_path,
@@ -383,11 +439,72 @@ def pretrain_for_study(
             extra_tags={Tag.STUDY: spec.name},
             prices=dict(spec.prices),
         )
+
+    for key, result in _run_side_by_side(pretrain, jobs, progress).items():
         model_files[key] = _model_files(Path(result.model_dir))
         for cell_name, cell_key in job_of_cell.items():
             if cell_key == key:
                 sources[cell_name] = ModelSource("mlm", result.run_id, weights_key=key)
     return sources, model_files
+
+
+def _run_side_by_side(
+    pretrain: Callable[[Any], Any], jobs: dict[str, Any], progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Each job's result (key -> result), running as many pretrainings at once as the
+    cluster's CPUs (or GPUs) hold their workers: one pretraining's start-up (its worker group,
+    its corpus's first pass) then overlaps another's steps.
+
+    The first failure is raised once the running ones have ended. The threads are daemons and
+    the driver waits for them in short joins, so Ctrl-C reaches it at once (Ray's shutdown
+    then ends the fits)."""
+    import threading
+
+    import ray
+
+    from ablate.pretrain import READ_CPUS
+
+    if not jobs:
+        return {}
+    total = ray.cluster_resources()
+
+    def fits(job: Any) -> int:
+        # Each pretraining holds its workers and, on its first pass, a corpus read task:
+        # pretrainings that took every CPU with workers would wait forever on their reads.
+        recipe = job.recipe
+        cpus = recipe.workers * recipe.cpus_per_worker + READ_CPUS
+        held = int(total.get("CPU", 0) // cpus)
+        if recipe.use_gpu:
+            held = min(held, int(total.get("GPU", 0) // recipe.workers))
+        return held
+
+    at_once = max(1, min(len(jobs), *(fits(job) for job in jobs.values())))
+    if at_once == 1:
+        return {key: pretrain(job) for key, job in jobs.items()}
+    progress(f"{len(jobs)} pretrainings, {at_once} at a time")
+    slots = threading.Semaphore(at_once)
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def run(key: str, job: Any) -> None:
+        with slots:
+            if errors:
+                return
+            try:
+                results[key] = pretrain(job)
+            except BaseException as exc:  # raised again on the driver's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=item, name=f"pretrain-{item[0]}", daemon=True)
+               for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    if errors:
+        raise errors[0]
+    return {key: results[key] for key in jobs}
 
 
 def cell_plans(
@@ -409,6 +526,7 @@ def cell_plans(
             patience=spec.budget.patience,
             metric=get_dataset(cell.task).metric,
             micro_batch_size=spec.resources.micro_batch_size,
+            checkpoint_every=spec.budget.checkpoint_every,
         )
         for cell in prepared.cells
     }
@@ -477,13 +595,80 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
 
 @dataclass
 class Sweep:
-    """One launch of a study in MLflow: its id and its cell runs."""
+    """One launch of a study in MLflow: its id, its cell runs and its provenance run."""
 
     client: Any
     experiment_id: str
     sweep: str
     cell_runs: dict[str, str]  # cell name -> run id
     extra_tags: dict[str, str]
+    run_id: str | None = None  # its provenance run (Stage.SWEEP)
+    resumed: bool = False  # opened by an earlier launch, continued by this one
+
+
+def _limit_mlflow_http_retries() -> None:
+    # MLflow's HTTP client retries for minutes on its own; keep its share short so the
+    # study's own back-off (tracking.retry_seconds) decides when to give up.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def resume_target(
+    spec: StudySpec,
+    tracking_uri: str,
+    sweep_id: str | None = None,
+    progress: Callable[[str], None] = print,
+    *,
+    new_sweep_command: str = "ablate run <spec>",
+) -> Any:
+    """The sweep ``--resume`` continues (a ``SweepInfo``), checked before anything is
+    prepared and before Ray starts: ``sweep_id``, or the study's latest (the newest whose
+    search started; newer launches that stopped before their Tuner started are passed over,
+    and said so).
+
+    Refused with an ``AblateError``: an unknown id (the message lists the study's sweeps), a
+    sweep whose search never started, one written by another tracking schema, and one whose
+    spec fingerprint differs from this spec's (``ablate.provenance.check_resume``, naming the
+    keys that changed). A sweep opened before fingerprints were recorded is resumed with a
+    warning."""
+    from ablate.provenance import check_resume, spec_fingerprint
+    from ablate.tracking.reader import client_for, resolve_sweep, sweep_records
+    from ablate.tracking.schema import SCHEMA_VERSION
+
+    _limit_mlflow_http_retries()
+    record = resolve_sweep(tracking_uri, spec.name, sweep_id)
+    if not record.search_started:
+        raise AblateError(
+            f"sweep {record.sweep} never started its search (its launch stopped before its "
+            "Tuner started, in preparation or pretraining), so there is nothing to resume. "
+            f"Start a new sweep instead: {new_sweep_command} (without --resume; finished "
+            "pretrainings are reused, a killed one continues)"
+        )
+    version = record.schema_version
+    if version != SCHEMA_VERSION:
+        raise AblateError(
+            f"sweep {record.sweep} was written by another version of ablate (tracking schema "
+            f"{version}, this one writes {SCHEMA_VERSION}) and cannot be resumed; "
+            "`ablate report` still reads it. Start the study again without --resume."
+        )
+    client = client_for(tracking_uri)
+    if sweep_id is None:
+        newer = [r.sweep for r in sweep_records(client, record.experiment_id)
+                 if r.opened > record.opened]
+        if newer:
+            progress(
+                f"not resuming the newer launch(es) {', '.join(newer)}: they stopped before "
+                "their search started (name one with --sweep to see why it cannot resume)"
+            )
+    check_resume(
+        client,
+        record,
+        spec,
+        spec_fingerprint(spec, load_spaces(spec)),
+        new_sweep_command=new_sweep_command,
+        progress=progress,
+    )
+    return record
 
 
 def open_sweep(
@@ -492,31 +677,28 @@ def open_sweep(
     tracking_uri: str,
     resume: bool,
     progress: Callable[[str], None],
+    *,
+    target: Any = None,
+    sweep_id: str | None = None,
 ) -> Sweep:
-    """A new sweep id (or, with ``resume``, the latest one, if this schema wrote it) and its
-    cell runs."""
+    """A new sweep, or with ``resume`` the one to continue (``target``, from
+    ``resume_target``, else found and checked here: ``sweep_id`` or the latest), and its cell
+    runs. A new sweep's provenance run is created here, before Ray starts, with its spec
+    fingerprint and budget (``ablate.provenance.open_sweep_run``)."""
     from mlflow import MlflowClient
 
-    from ablate.tracking.reader import latest_sweep_run, schema_version
-    from ablate.tracking.schema import SCHEMA_VERSION, Tag
+    from ablate.provenance import open_sweep_run, spec_fingerprint
+    from ablate.tracking.schema import Tag
     from ablate.tracking.writer import get_or_create_experiment, open_cell_runs
 
-    # MLflow's HTTP client retries for minutes on its own; keep its share short so the
-    # study's own back-off (tracking.retry_seconds) decides when to give up.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    _limit_mlflow_http_retries()
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.name)
+    run_id = None
     if resume:
-        latest = latest_sweep_run(tracking_uri, spec.name)
-        sweep = latest.data.tags[Tag.SWEEP]
-        version = schema_version(latest.data.tags)
-        if version != SCHEMA_VERSION:
-            raise AblateError(
-                f"sweep {sweep} was written by another version of ablate (tracking schema "
-                f"{version}, this one writes {SCHEMA_VERSION}) and cannot be resumed; "
-                "`ablate report` still reads it. Start the study again without --resume."
-            )
+        record = target or resume_target(spec, tracking_uri, sweep_id, progress)
+        sweep = record.sweep
+        run_id = record.sweep_run.info.run_id if record.sweep_run is not None else None
         progress(f"resuming sweep {sweep}")
     else:
         sweep = f"{spec.name}-{uuid.uuid4().hex[:8]}"
@@ -531,7 +713,45 @@ def open_sweep(
         client, experiment_id, spec.name, sweep, prepared.cells, extra_tags, per_cell
     )
     _log_caveats(client, prepared, cell_runs)
-    return Sweep(client, experiment_id, sweep, cell_runs, extra_tags)
+    if not resume:
+        run_id = open_sweep_run(
+            client,
+            experiment_id,
+            spec,
+            sweep,
+            prepared.data_tag,
+            spec_fingerprint(spec, prepared.spaces),
+        )
+    return Sweep(
+        client, experiment_id, sweep, cell_runs, extra_tags, run_id=run_id, resumed=resume
+    )
+
+
+class SearchStarted(Callback):
+    """Marks the sweep's provenance run when the search's Tuner starts fitting
+    (``Tag.SEARCH_STARTED``): a launch that stopped before (in pretraining, say) has no trial
+    to resume or report, and is never taken for the study's latest sweep.
+
+    Tune pickles its callbacks into the experiment state and calls ``setup`` again on a
+    restore (the first time is kept); it lives in the package, so a restore runs this code."""
+
+    def __init__(self, tracking_uri: str, run_id: str, retry_seconds: float = 300.0) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.retry_seconds = retry_seconds
+
+    def setup(self, **info: Any) -> None:
+        from mlflow import MlflowClient
+
+        from ablate.provenance import mark_search_started
+        from ablate.tracking.writer import with_retry
+
+        client = MlflowClient(self.tracking_uri)
+        with_retry(
+            lambda: mark_search_started(client, self.run_id),
+            limit_seconds=self.retry_seconds,
+            what="marking the search started",
+        )
 
 
 def _log_caveats(client: Any, prepared: PreparedStudy, cell_runs: dict[str, str]) -> None:
@@ -617,7 +837,10 @@ def build_tuner(
             name=name,
             storage_path=storage_path,
             callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two per trial: Tune's saved experiment state may lag the trial's newest
+            # checkpoint by one (a driver killed before its snapshot), and the one it names
+            # must still exist ("Could not recover from checkpoint ... does not exist").
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # Retries are for the infrastructure (a lost node, a crash outside the model): a
             # model failure (NaN loss, out of memory) ends its trial normally, never retried.
             failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
@@ -635,9 +858,16 @@ def _search(
     logger: Any,
     progress: Callable[[str], None],
     stop: Interruption | None = None,
+    started: SearchStarted | None = None,
+    tracking_uri: str | None = None,
+    extra_callbacks: tuple = (),
 ) -> Any:
-    """The search: every cell's trials as one Tune experiment."""
+    """The search: every cell's trials as one Tune experiment (``started`` marks the sweep
+    run as its Tuner starts fitting); each cell's Optuna study is copied for optuna-dashboard
+    (``ablate.optuna_mirror``), the copy completed at its end."""
     from ray import tune
+
+    from ablate.optuna_mirror import close_mirrors, search_mirror
 
     if resume and not tune.Tuner.can_restore(path):
         raise AblateError(
@@ -654,12 +884,15 @@ def _search(
         max_concurrent=budget.concurrent_trials,
         seed=spec.seed,
         startup_trials=budget.startup_trials,
+        state_key=path,  # the searcher's saved state carries the scheduler's (ASHA's rungs)
+        mirror=search_mirror(spec, prepared.cells, path, tracking_uri, progress),
     )
     scheduler = CellScheduler(
         [c.name for c in prepared.cells],
         max_t=epochs,
         grace_period=budget.grace_epochs,
         rf=budget.reduction_factor,
+        state_key=path,
     )
     total = len(prepared.cells) * budget.trials_per_cell
     tuner = build_tuner(
@@ -668,11 +901,24 @@ def _search(
         restore=resume,
         search_alg=searcher,
         scheduler=scheduler,
-        callbacks=[logger, TrialProgress(total, epochs, progress)],
+        callbacks=[
+            *([started] if started else []),
+            *extra_callbacks,
+            logger,
+            TrialProgress(
+                total,
+                epochs,
+                progress,
+                budgets={c.name: budget.trials_per_cell for c in prepared.cells},
+            ),
+        ],
         spec=spec,
         dirname_prefix="trial",
     )
-    return _fit(tuner, stop)
+    try:
+        return _fit(tuner, stop)
+    finally:
+        close_mirrors(path)  # the Optuna copies written, within a bound
 
 
 def _replicate(
@@ -684,9 +930,14 @@ def _replicate(
     logger: Any,
     progress: Callable[[str], None],
     stop: Interruption | None = None,
+    extra_callbacks: tuple = (),
 ) -> int:
     """Re-train each cell's best configuration once per replicate seed; how many runs."""
+    from collections import Counter
+
     from ray import tune
+
+    from ablate.tracking.schema import MetricName
 
     if stop is not None:
         stop.check()  # stopped between the two experiments: never start the second
@@ -702,7 +953,19 @@ def _replicate(
         restore=resume and tune.Tuner.can_restore(path),
         search_alg=FixedConfigs(configs),
         max_concurrent_trials=spec.budget.concurrent_trials,
-        callbacks=[logger, TrialProgress(len(configs), epochs, progress)],
+        callbacks=[
+            *extra_callbacks,
+            logger,
+            TrialProgress(
+                len(configs),
+                epochs,
+                progress,
+                stage="replicates",
+                budgets=dict(Counter(cell_of(c) for c in configs)),
+                score=MetricName.TEST_SCORE,
+                mean=True,
+            ),
+        ],
         spec=spec,
         dirname_prefix="replicate",
     )
@@ -721,13 +984,16 @@ def run_study(
     progress: Callable[[str], None] = print,
     spec_file: str | Path | None = None,
     resume_command: str | None = None,
+    sweep_id: str | None = None,
 ) -> StudyRun:
     """Run every cell of a study as one Ray Tune experiment, tracked in MLflow.
 
-    With ``resume``, continue the study's latest sweep where it stopped (a killed driver, say):
-    Ray Tune restores its experiment and the searcher's Optuna studies, finished trials are not
-    re-run, unfinished ones continue from their last checkpoint, and MLflow runs are found again
-    by trial id instead of being created twice.
+    With ``resume``, continue the study's latest sweep (or the sweep ``sweep_id``) where it
+    stopped (a killed driver, say): Ray Tune restores its experiment and the searcher's Optuna
+    studies, finished trials are not re-run, unfinished ones continue from their last
+    checkpoint, and MLflow runs are found again by trial id instead of being created twice.
+    Before anything is prepared, the sweep is checked (``resume_target``): a spec whose cells,
+    budget, search spaces or resources differ from the sweep's is refused, naming the keys.
 
     The sweep's provenance (``ablate.provenance``: ``spec_file``'s text, search spaces,
     versions, data hashes, hardware and, at its end, every suggested configuration) goes on
@@ -741,25 +1007,54 @@ def run_study(
     """
     from ray import tune
 
+    from ablate.live_report import LiveReportPoke
     from ablate.provenance import record_sweep_start
     from ablate.tracking.writer import MLflowTrialLogger, TrackingUnavailable, link_pretraining
     from ablate.training import train_trial
 
-    prepared = prepare_study(spec, gue_dir, progress)
+    phases = DriverPhases()
     tracking_uri = tracking_uri or spec.tracking.uri
-    sweep = open_sweep(spec, prepared, tracking_uri, resume, progress)
+    if sweep_id is not None and not resume:
+        raise AblateError(
+            f"--sweep {sweep_id} names a sweep to continue: add --resume (a new sweep gets an "
+            "id of its own)"
+        )
+    target = None
+    if resume:
+        target = resume_target(
+            spec,
+            tracking_uri,
+            sweep_id,
+            progress,
+            new_sweep_command=f"ablate run {spec_file or '<spec>'}",
+        )
+    prepared = prepare_study(spec, gue_dir, progress)
+    sweep = open_sweep(spec, prepared, tracking_uri, resume, progress, target=target)
     storage_path = _storage_path(spec, storage)
-    # Trials checkpoint every epoch; with short epochs Tune warns about snapshot frequency.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Save the experiment state every second (default 10 s), so a killed driver loses little.
+    # Tune snapshots the experiment state every second (its default: at least every 10 s), so
+    # a killed driver loses little, and after every second checkpoint of a trial
+    # (``num_to_keep=2``), so ``budget.checkpoint_every`` sets that rate too;
+    # TUNE_GLOBAL_CHECKPOINT_S overrides the period. A local snapshot is a file copy of
+    # milliseconds, and Tune's warning that snapshots come often is noise there; to remote
+    # storage each one is an upload, and the warning stays.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    from ablate.storage import is_remote
+
+    if not is_remote(storage_path):
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     TRIALS_SEEN.clear()
+    phases.end("prepare")
     init_ray(address, spec)
+    phases.end("ray_start")
     provenance_run = record_sweep_start(
         spec, prepared, sweep, spec_file=spec_file, progress=progress
     )
+    live = _live_report(spec, sweep, provenance_run, tracking_uri, progress)
+    pokes = (LiveReportPoke(sweep.sweep),)
+    phases.end("provenance")
 
     sources, model_files = pretrain_for_study(spec, prepared, tracking_uri, storage, progress)
+    phases.end("pretraining")
     plans = cell_plans(spec, prepared, sources)
     link_pretraining(sweep.client, sweep.cell_runs, plans)
     logger = MLflowTrialLogger(
@@ -796,16 +1091,23 @@ def run_study(
         resources,
     )
     experiment_path = f"{storage_path.rstrip('/')}/{sweep.sweep}"
+    phases.end("trial_inputs")
 
-    command = resume_command or f"ablate run {spec_file or '<spec>'} --resume"
+    command = resume_command or (
+        f"ablate run {spec_file or '<spec>'} --resume"
+        + (f" --sweep {sweep.sweep}" if sweep_id else "")
+    )
+    started = SearchStarted(tracking_uri, provenance_run, spec.tracking.retry_seconds)
     status = "FAILED"
     outage = False
     replicated = 0
     with Interruption() as stop:
         try:
             results = _search(
-                spec, prepared, trainable, experiment_path, resume, logger, progress, stop
+                spec, prepared, trainable, experiment_path, resume, logger, progress, stop,
+                started, tracking_uri=tracking_uri, extra_callbacks=pokes,
             )
+            phases.end("search")
             if spec.replicates:
                 replicated = _replicate(
                     spec,
@@ -816,13 +1118,17 @@ def run_study(
                     logger,
                     progress,
                     stop,
+                    extra_callbacks=pokes,
                 )
+                phases.end("replicates")
             lost = logger.close_lost_runs()
             if lost:
                 progress(
                     f"closed {lost} run(s) of trials lost when the earlier driver stopped "
                     "(their slots were run again)"
                 )
+            phases.seconds_inside["mlflow_writes"] = getattr(logger, "write_seconds", 0.0)
+            phases.log(sweep.client, provenance_run)
             status = "FINISHED"
         except StudyInterrupted:
             status = "KILLED"
@@ -840,6 +1146,10 @@ def run_study(
         finally:
             if not outage:
                 _close_sweep(logger, sweep, provenance_run, status, spec.seed, progress)
+            live.close(final=not outage)  # the final report replaces the live ones
+    phases.end("close")
+    progress("driver time: " + ", ".join(
+        f"{phase.replace('_', ' ')} {seconds:.0f} s" for phase, seconds in phases.seconds.items()))
     return StudyRun(
         experiment_id=sweep.experiment_id,
         sweep=sweep.sweep,
@@ -848,7 +1158,45 @@ def run_study(
         num_trials=len(results),
         num_errors=results.num_errors,
         num_replicates=replicated,
+        phases=dict(phases.seconds),
+        phases_inside=dict(phases.seconds_inside),
     )
+
+
+def _live_report(
+    spec: StudySpec,
+    sweep: Sweep,
+    sweep_run: str,
+    tracking_uri: str,
+    progress: Callable[[str], None],
+) -> Any:
+    """Make the sweep's run the parent of its cell runs (the MLflow UI nests them under it)
+    and start the live report that keeps its ``report/`` artifacts current."""
+    from ablate.live_report import LiveReport
+    from ablate.tracking.schema import Tag
+
+    for run_id in sweep.cell_runs.values():
+        sweep.client.set_tag(run_id, Tag.PARENT_RUN, sweep_run)
+    interval = spec.tracking.live_report_seconds
+    live = LiveReport(
+        key=sweep.sweep,
+        tracking_uri=tracking_uri,
+        study=spec.name,
+        sweep=sweep.sweep,
+        run_id=sweep_run,
+        out_dir=spec.work_path / "live_report" / sweep.sweep,
+        report_kwargs={
+            "contrasts": list(spec.contrasts),
+            "trials_per_cell": spec.budget.trials_per_cell,
+            "replicates_per_cell": len(spec.replicates),
+            "prices": dict(spec.prices),
+        },
+        interval=interval if interval > 0 else float("inf"),
+        progress=progress,
+    )
+    when = f"at most every {interval:g} s and " if interval > 0 else ""
+    progress(f"live report: refreshed {when}at the end, as artifacts of run {sweep_run}")
+    return live.start()
 
 
 def ended_trials(sweep: Sweep) -> dict[str, dict]:

@@ -15,10 +15,22 @@ Everything that ran is billed. A trial's clock runs from its set-up to its last 
 second of it is either compute (``wall_seconds``: set-up, epochs, the test evaluation, which is
 also reported alone as ``test_seconds``) or checkpointing (``checkpoint_seconds``: restoring,
 ``torch.save`` and the upload inside ``tune.report``, which is timed after it returns and so
-reaches the next report). ``device_hours`` and ``price`` are charged on both together; the final
-report carries no checkpoint (test is already evaluated), so no upload goes unmeasured. The
-cumulative figures live in the checkpoint, so a restored trial keeps them; the epochs a retry
-runs again are charged on the driver (``lost_seconds``, see ``ablate.tracking.writer``).
+reaches the next report, and saving the best model). A checkpoint's own saving time is written
+beside its state (``cost.json``), so a trial restored from it keeps that too; the upload of the
+checkpoint a restored trial started from is in the lost time of the attempt that made it.
+``device_hours`` and ``price`` are charged on both together; the final report carries no
+checkpoint (test is already evaluated), so no upload goes unmeasured. The cumulative figures
+live in the checkpoint, so a restored trial keeps them; the epochs a retry runs again are
+charged on the driver (``lost_seconds``, ``rerun_epochs``, see ``ablate.tracking.writer``), from
+the ``attempt_started``, ``restored_epoch`` and ``restored_billed_seconds`` every report
+carries.
+
+Checkpoints (``CellPlan.checkpoint_every``, the spec's ``budget.checkpoint_every``): every so
+many epochs a trial's report carries its latest state (model, optimizer, schedule, progress and
+the random number generators' states, so a restored trial trains on exactly as it would have),
+never its last report. The best model on dev is not in it: it is written once each time it
+changes (at the next checkpoint), to ``best_model-epoch<N>.pt`` in the trial's folder of the
+study's storage, and a checkpoint whose latest model is that best model holds it only there.
 
 A model failure is not a crash. A NaN or infinite training loss, or running out of device
 memory (``torch.OutOfMemoryError``) at the configuration's own batch, ends the trial with one
@@ -53,12 +65,16 @@ pretraining (``ablate.pretrain``), so both count and take a step the same way.
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import random
+import re
 import tempfile
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -481,6 +497,7 @@ class Progress:
     flops: float = 0.0
     checkpoint_seconds: float = 0.0
     test_seconds: float = 0.0
+    best_saved_epoch: int = 0  # the epoch whose best model is in the storage; 0: none
 
     @staticmethod
     def from_state(state: dict[str, Any], metric: str = "mcc") -> Progress:
@@ -520,6 +537,11 @@ class TrialRun:
     progress: Progress
     best_model: dict | None = None
     samples_this_epoch: int = 0  # training samples of the current epoch's finished steps
+    # This attempt (a start, or a restore after a crash or a resume): when its set-up began,
+    # and the epoch and billed seconds of the checkpoint it restored (0 for a fresh start).
+    attempt_started: float = field(default_factory=time.time)
+    restored_epoch: int = 0
+    restored_billed: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -593,8 +615,6 @@ def setup_trial(
     from ablate.models.registry import count_parameters
 
     hparams = {**DEFAULT_HPARAMS, **trial.hparams}
-    torch.manual_seed(trial.seed)
-    np.random.seed(trial.seed % 2**32)
     device = pick_device()
     setup_start = time.perf_counter()
     splits = load_splits(plan, trial, split_arrays, device)
@@ -602,6 +622,11 @@ def setup_trial(
     energy = EnergyMeter()
     energy.start()
 
+    # Seeded right before the model is built: whatever ran before in this process (an earlier
+    # trial of a reused actor, a one-off measurement) leaves its start as it would be anyway.
+    torch.manual_seed(trial.seed)
+    np.random.seed(trial.seed % 2**32)
+    random.seed(trial.seed)
     model = build_model(plan, trial, model_files).to(device)
     batch_size = int(hparams["batch_size"])
     optimizer = torch.optim.AdamW(
@@ -685,13 +710,99 @@ def _restore(run: TrialRun) -> None:
     run.clock = time.perf_counter()
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / "state.pt", map_location=run.device, weights_only=False)
-    run.model.load_state_dict(saved["model"])
+        cost = Path(folder) / COST_FILE
+        saved_cost = json.loads(cost.read_text()) if cost.exists() else {}
+    run.progress = Progress.from_state({**saved["state"], **saved_cost}, run.plan.metric)
+    run.restored_epoch = run.progress.epoch
+    run.restored_billed = run.progress.wall_seconds + run.progress.checkpoint_seconds
+    if "best_model" in saved:  # a checkpoint that kept its own copy of the best model
+        run.best_model = saved["best_model"]
+    elif run.progress.best_saved_epoch:
+        run.best_model = load_best_model(run.progress.best_saved_epoch)
+    # A checkpoint taken when the latest model was the best holds it only as the best model.
+    run.model.load_state_dict(saved["model"] if saved["model"] is not None else run.best_model)
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scheduler.load_state_dict(saved["scheduler"])
-    run.progress = Progress.from_state(saved["state"], run.plan.metric)
-    run.best_model = saved["best_model"]
+    if "rng" in saved:
+        set_rng_state(saved["rng"], run.device)
     run.progress.wall_seconds += setup_seconds
     run.charge("checkpoint")  # downloading and loading it
+
+
+COST_FILE = "cost.json"  # beside a checkpoint's state.pt: its cost once saved
+
+
+def rng_state(device: Any) -> dict[str, Any]:
+    """The random number generators' states a trial's next epoch draws from (dropout, and
+    anything seeded globally): saved in its checkpoints."""
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: Any) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# --- the best model, in the trial's folder of the study's storage ----------------------------
+
+BEST_MODEL_FILE = "best_model-epoch{epoch}.pt"
+_BEST_MODEL_NAME = re.compile(r"best_model-epoch(\d+)\.pt$")
+
+
+def _trial_folder() -> tuple[Any, str]:
+    """(pyarrow file system, path) of this trial's folder in the study's storage."""
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def save_best_model(run: TrialRun) -> bool:
+    """Write the best model to the trial's folder if it changed since it was last written;
+    the file of the checkpoint before is kept (Tune may still restore that one), older ones
+    are removed. Whether it wrote."""
+    import pyarrow.fs as pafs
+    import torch
+
+    progress = run.progress
+    if run.best_model is None or progress.best_saved_epoch == progress.best_epoch:
+        return False
+    filesystem, folder = _trial_folder()
+    filesystem.create_dir(folder, recursive=True)
+    buffer = io.BytesIO()
+    torch.save(run.best_model, buffer)
+    with filesystem.open_output_stream(
+        f"{folder}/{BEST_MODEL_FILE.format(epoch=progress.best_epoch)}"
+    ) as out:
+        out.write(buffer.getbuffer())
+    keep = {progress.best_epoch, progress.best_saved_epoch}
+    progress.best_saved_epoch = progress.best_epoch
+    for info in filesystem.get_file_info(pafs.FileSelector(folder)):
+        match = _BEST_MODEL_NAME.search(info.path)
+        if match and int(match.group(1)) not in keep:
+            filesystem.delete_file(info.path)
+    return True
+
+
+def load_best_model(epoch: int) -> dict:
+    """The best model this trial wrote at ``epoch``, on the CPU."""
+    import torch
+
+    filesystem, folder = _trial_folder()
+    with filesystem.open_input_file(f"{folder}/{BEST_MODEL_FILE.format(epoch=epoch)}") as handle:
+        data = handle.read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def train_epoch(run: TrialRun, epoch: int) -> tuple[float, int, float]:
@@ -770,6 +881,9 @@ def trial_cost(run: TrialRun) -> dict[str, Any]:
             RESULT_FIELDS[Tag.PEAK_SOURCE]: hardware.peak_source,
             RESULT_FIELDS[Tag.FLOPS_METHOD]: FLOPS_METHOD,
             RESULT_FIELDS[Tag.PRICE_SOURCE]: price_source,
+            MetricName.ATTEMPT_STARTED: run.attempt_started,
+            MetricName.RESTORED_EPOCH: run.restored_epoch,
+            MetricName.RESTORED_BILLED_SECONDS: run.restored_billed,
             **device_metrics(run.device),
         }
     )
@@ -847,9 +961,16 @@ def is_final(metrics: dict[str, Any]) -> bool:
     return bool(metrics.get(FINISHED) or metrics.get(MetricName.MODEL_FAILURE))
 
 
+def checkpoint_due(run: TrialRun, metrics: dict[str, Any]) -> bool:
+    """Whether this report carries a checkpoint: every ``checkpoint_every`` epochs, never on
+    the trial's last report (nothing would restore it)."""
+    every = max(int(run.plan.checkpoint_every), 1)
+    return not is_final(metrics) and run.progress.epoch % every == 0
+
+
 def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
-    """``tune.report`` the metrics, with a checkpoint of the latest state and the best model
-    unless it is the trial's last report.
+    """``tune.report`` the metrics, with a checkpoint of the latest state when one is due
+    (``checkpoint_due``), after writing the best model if it changed (``save_best_model``).
 
     Saving is charged to ``checkpoint_seconds`` before the report (its cost fields are
     refreshed); the upload inside ``tune.report`` is timed after it returns, so the next report
@@ -857,22 +978,27 @@ def report_epoch(run: TrialRun, metrics: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    if is_final(metrics):
+    if not checkpoint_due(run, metrics):
         tune.report(metrics)
         return
     run.charge("wall")  # building the metrics
+    save_best_model(run)
+    latest_is_best = run.progress.best_saved_epoch == run.progress.epoch
     with tempfile.TemporaryDirectory() as folder:
         torch.save(
             {
-                "model": run.model.state_dict(),
+                "model": None if latest_is_best else run.model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
                 "state": asdict(run.progress),
-                "best_model": run.best_model,
+                "rng": rng_state(run.device),
             },
             Path(folder) / "state.pt",
         )
         run.charge("checkpoint")
+        # The state cannot hold its own saving time; this does, so a restored trial keeps it.
+        (Path(folder) / COST_FILE).write_text(
+            json.dumps({"checkpoint_seconds": run.progress.checkpoint_seconds}))
         metrics.update(trial_cost(run))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     run.charge("checkpoint")  # the upload and the local copy's removal: in the next report

@@ -17,11 +17,14 @@ Only this module reads or writes the keys of Tune's ``config``; everyone else go
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ablate.shards import TaskInputs
-from ablate.spec import Cell
 from ablate.tracking.schema import MetricName
+
+if TYPE_CHECKING:  # not at run time: ablate.spec imports pydantic and yaml, which the
+    # training step (ablate.training, bench/gpu_efficiency.py on a bare GPU box) never needs
+    from ablate.spec import Cell
 
 SourceKind = Literal["scratch", "mlm", "external", "external-config"]
 
@@ -92,6 +95,7 @@ class CellPlan:
     # the largest batch one forward/backward pass takes; a larger searched (global) batch is
     # reached by gradient accumulation. None: the whole batch at once.
     micro_batch_size: int | None = None
+    checkpoint_every: int = 1  # epochs between a trial's checkpoints
 
 
 TrialStage = Literal["trial", "replicate"]

@@ -3,7 +3,13 @@
 ``CellSearcher`` (a Ray Tune ``Searcher``) keeps one seeded Optuna study per cell and hands out
 trials so that cells stay level; ``CellScheduler`` runs one ASHA instance per cell, so early
 stopping only ever compares trials of the same cell; ``FixedConfigs`` hands out a fixed list
-(the replicates); ``TrialProgress`` prints a line per finished trial.
+(the replicates); ``TrialProgress`` reports each trial to the console (``ablate.console``).
+
+Tune saves a searcher's state with the experiment but never a scheduler's: a restored Tuner
+gets the scheduler as it was built, with empty rungs, and would stop trials after a resume by
+other cut-offs than before it. So the scheduler's state (every cell's ASHA rungs and each
+decision it made) is saved inside the searcher's, and handed back to the scheduler when the
+searcher is restored: searcher and scheduler of one experiment share a ``state_key``.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from ablate.optuna_mirror import TUNE_TRIAL_ID, StudyMirror
 from ablate.spec import Cell, ParamSpec, SearchSpace
 from ablate.tracking.schema import RESULT_TAGS, MetricName, Tag
 from ablate.trial import TrialConfig, cell_of, epochs_done, ran_to_end, search_seed
@@ -34,6 +42,11 @@ TRIALS_SEEN: dict[str, Any] = {}
 # How many times one slot of a cell is issued again after infrastructure failures, at most: a
 # crash that repeats whatever the trial (a broken node image, say) must not loop forever.
 MAX_REISSUES_PER_SLOT = 2
+# state_key -> the CellScheduler that last received a Tune event in this driver process, and
+# state_key -> scheduler state restored with a searcher, not yet taken by its scheduler.
+# Module-level for the same reason as TRIALS_SEEN.
+LIVE_SCHEDULERS: dict[str, Any] = {}
+RESTORED_SCHEDULER_STATE: dict[str, dict] = {}
 _FAILURE_FIELD = {tag: field for field, tag in RESULT_TAGS.items()}[Tag.FAILURE]
 
 
@@ -66,8 +79,48 @@ def tpe_sampler(seed: int, n_startup: int) -> optuna.samplers.TPESampler:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup,
-                                          multivariate=True)
+        return _TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True)
+
+
+class _TPESampler(optuna.samplers.TPESampler):
+    """Optuna's ``TPESampler``, unchanged in what it suggests, that converts each finished
+    trial's parameters to TPE's internal representation once rather than on every ask.
+
+    TPE builds its two density models from every earlier trial of the study on each ask, and
+    Optuna reads each trial's parameters and converts them (``to_internal_repr``) in a Python
+    loop every time: measured, the largest share of an ask that grows with a cell's history.
+    A finished trial's parameters never change, so its converted row is kept, per search space
+    (the parameter names, in order) and trial number. The arrays handed to the density models
+    are the same values in the same order and dtype, so every suggestion is the same as
+    ``TPESampler``'s for the same seed and history. (A parameter's internal value depends on
+    its name's distribution only through a categorical's choices, which Optuna requires to be
+    the same for one name throughout a study.) The rows are not pickled with the sampler.
+    """
+
+    def _get_internal_repr(self, trials: list[optuna.trial.FrozenTrial],
+                           search_space: dict[str, Any], study: optuna.Study
+                           ) -> dict[str, np.ndarray]:
+        names = tuple(search_space)
+        cache = self.__dict__.setdefault("_internal_rows", {}).setdefault(names, {})
+        rows = []
+        for trial in trials:
+            row = cache.get(trial.number) if trial.state.is_finished() else None
+            if row is None:
+                params = self._get_params(trial, study)
+                row = (tuple(search_space[name].to_internal_repr(params[name])
+                             for name in names)
+                       if search_space.keys() <= params.keys() else ())
+                if trial.state.is_finished():
+                    cache[trial.number] = row
+            if row:
+                rows.append(row)
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+        return {name: np.asarray(column) for name, column in zip(names, columns, strict=True)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_internal_rows", None)
+        return state
 
 
 class _PickledState(Searcher):
@@ -119,6 +172,11 @@ class CellSearcher(_PickledState):
     a trial lost when a driver stopped, or failed by the infrastructure, frees its slot, which
     the next trial of that cell takes with the same seed. ``max_epochs`` is one budget for all
     cells or a cell -> epochs table.
+
+    With a ``mirror`` (``ablate.optuna_mirror.StudyMirror``) every trial told to a cell's study
+    is also copied to an RDB storage (for optuna-dashboard) once ``save`` has saved it, written
+    behind by the mirror's own thread; the in-memory studies stay the searcher's state. Each
+    trial carries its Tune trial id as the user attribute ``tune_trial_id``.
     """
 
     def __init__(
@@ -131,8 +189,12 @@ class CellSearcher(_PickledState):
         max_concurrent: int,
         seed: int,
         startup_trials: int | None = None,
+        state_key: str = "",
+        mirror: StudyMirror | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode=MODE)
+        self.state_key = state_key  # shared with this experiment's CellScheduler
+        self.mirror = mirror  # pickled as its configuration only
         self.cell_names = [c.name for c in cells]
         self.cell_arch = {c.name: c.architecture for c in cells}
         self.spaces = spaces
@@ -173,6 +235,7 @@ class CellSearcher(_PickledState):
             return Searcher.FINISHED if not self.live else None
         cell = min(open_cells, key=lambda c: self.issued[c])  # stable: ties keep cell order
         trial = self.studies[cell].ask()
+        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         space = self.spaces[self.cell_arch[cell]]
         hparams = sample_params(trial, space.params)
         model_params = sample_params(trial, space.model_params)
@@ -211,10 +274,9 @@ class CellSearcher(_PickledState):
         issued = self.live.pop(trial_id, None)
         if issued is None:
             return
-        study = self.studies[issued.cell]
         if error:
             issued.trial.set_user_attr("infrastructure", True)
-            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            self._tell(issued, state=optuna.trial.TrialState.FAIL)
             self._reissue(issued)
             return
         failure = model_failure(result)
@@ -224,17 +286,25 @@ class CellSearcher(_PickledState):
             # unstable configuration as if it had trained. Optuna's samplers leave FAIL trials
             # out of their model; the trial still counts toward the cell's budget.
             issued.trial.set_user_attr("model_failure", failure)
-            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            self._tell(issued, state=optuna.trial.TrialState.FAIL)
             return
         if not result or self.metric not in result:
-            study.tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+            self._tell(issued, state=optuna.trial.TrialState.FAIL)
             return
         # The result that made ASHA stop a trial never reached on_trial_result: record it here.
         self._report(issued, result)
         if not ran_to_end(result, self.max_epochs[issued.cell]):
-            study.tell(issued.trial, state=optuna.trial.TrialState.PRUNED)
+            self._tell(issued, state=optuna.trial.TrialState.PRUNED)
         else:
-            study.tell(issued.trial, float(result[self.metric]))
+            self._tell(issued, float(result[self.metric]))
+
+    def _tell(self, issued: _Issued, value: float | None = None,
+              state: optuna.trial.TrialState | None = None) -> None:
+        """Tell a trial to its cell's study, and hand it to the mirror (no I/O here)."""
+        told = self.studies[issued.cell].tell(issued.trial, value, state=state)
+        mirror = self.__dict__.get("mirror")
+        if mirror is not None:
+            mirror.put(issued.cell, told)
 
     def _reissue(self, issued: _Issued) -> None:
         """Free an infrastructure-failed trial's slot for the next trial of its cell, unless
@@ -267,12 +337,15 @@ class CellSearcher(_PickledState):
         - a trial Tune holds that the searcher never issued is adopted with its parameters.
         """
         self._reconciled = True
+        mirror = self.__dict__.get("mirror")
+        if mirror is not None:  # a restored searcher: what its earlier driver left uncopied
+            mirror.put_all(self.studies)
         seen = dict(TRIALS_SEEN)
         for trial_id in list(self.live):
             if trial_id not in seen:
                 issued = self.live.pop(trial_id)
                 issued.trial.set_user_attr("lost", True)
-                self.studies[issued.cell].tell(issued.trial, state=optuna.trial.TrialState.FAIL)
+                self._tell(issued, state=optuna.trial.TrialState.FAIL)
                 self.issued[issued.cell] -= 1
                 self.free_slots[issued.cell].append(issued.slot)
                 self.known.discard(trial_id)
@@ -287,6 +360,7 @@ class CellSearcher(_PickledState):
                 config = TrialConfig.from_tune(trial.config)
                 study.enqueue_trial({**config.hparams, **config.model_params})
                 adopted = study.ask()
+                adopted.set_user_attr(TUNE_TRIAL_ID, trial_id)
                 space = self.spaces[self.cell_arch[cell]]
                 sample_params(adopted, space.params)  # fixes them
                 sample_params(adopted, space.model_params)
@@ -299,8 +373,24 @@ class CellSearcher(_PickledState):
                     self.on_trial_complete(trial_id, trial.last_result,
                                            error=trial.status == "ERROR")
 
+    def save(self, checkpoint_path: str) -> None:
+        """The searcher's attributes and, under ``_scheduler``, its experiment's scheduler
+        state (one pickle, saved by Tune with the experiment state)."""
+        state = dict(self.__dict__)
+        scheduler = LIVE_SCHEDULERS.get(self.__dict__.get("state_key", ""))
+        if scheduler is not None:
+            state["_scheduler"] = scheduler.state()
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(state, handle)
+        mirror = self.__dict__.get("mirror")
+        if mirror is not None:  # the trials told so far are saved: they may be copied now
+            mirror.release()
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        scheduler_state = self.__dict__.pop("_scheduler", None)
+        if scheduler_state is not None:
+            RESTORED_SCHEDULER_STATE[self.__dict__.get("state_key", "")] = scheduler_state
         self._reconciled = False
 
 
@@ -309,11 +399,19 @@ class CellScheduler(FIFOScheduler):
 
     It also records every trial Tune adds (restored ones included) in ``TRIALS_SEEN``, which
     the searcher reconciles its state with after a resume.
+
+    Its state (``state()``: the ASHA instances and ``decisions``) travels in the searcher's
+    saved state (see the module docstring) and is taken back on the first event after a
+    restore. ``decisions`` holds what it answered for each (trial, iteration): a trial that
+    reports an iteration again (restored from a checkpoint older than its last report) gets
+    the same answer, as if it had never been interrupted.
     """
 
     def __init__(self, cell_names: list[str], *, max_t: int | dict[str, int], grace_period: int,
-                 rf: float):
+                 rf: float, state_key: str = ""):
         super().__init__()
+        self.state_key = state_key
+        self.decisions: dict[tuple[str, int], str] = {}
         max_ts = per_cell(max_t, cell_names)
         self.per_cell = {
             name: AsyncHyperBandScheduler(
@@ -327,24 +425,46 @@ class CellScheduler(FIFOScheduler):
             for name in cell_names
         }
 
+    def state(self) -> dict[str, Any]:
+        """What a restored scheduler needs to decide as this one would."""
+        return {"per_cell": self.per_cell, "decisions": self.decisions}
+
+    def _live(self) -> None:
+        """Register as the live scheduler of its experiment, taking back the state restored
+        with the searcher, if any."""
+        key = self.__dict__.get("state_key", "")
+        LIVE_SCHEDULERS[key] = self
+        restored = RESTORED_SCHEDULER_STATE.pop(key, None)
+        if restored is not None:
+            self.per_cell.update(restored["per_cell"])
+            self.decisions = dict(restored["decisions"])
+
     def _asha_of(self, trial: Any) -> AsyncHyperBandScheduler:
         """The ASHA instance of the trial's cell."""
         return self.per_cell[cell_of(trial.config)]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._live()
         TRIALS_SEEN[trial.trial_id] = trial
         if trial.status in ("TERMINATED", "ERROR"):  # restored, already finished
             return
-        self._asha_of(trial).on_trial_add(tune_controller, trial)
+        scheduler = self._asha_of(trial)
+        if trial.trial_id not in scheduler._trial_info:  # else restored with the rungs
+            scheduler.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._live()
         scheduler = self._asha_of(trial)
         # A model failure's result is its last; its best score so far is no rung value.
         if trial.trial_id not in scheduler._trial_info or model_failure(result):
             return TrialScheduler.CONTINUE
-        return scheduler.on_trial_result(tune_controller, trial, result)
+        key = (trial.trial_id, int(result.get("training_iteration", 0)))
+        if key not in self.decisions:
+            self.decisions[key] = scheduler.on_trial_result(tune_controller, trial, result)
+        return self.decisions[key]
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._live()
         scheduler = self._asha_of(trial)
         if trial.trial_id not in scheduler._trial_info:
             return
@@ -367,24 +487,82 @@ class CellScheduler(FIFOScheduler):
 
 
 class TrialProgress(Callback):
-    """Prints one line per finished trial: how far the study is, and how the trial did.
+    """Reports how far a Tune experiment of the study is, and how each trial did.
+
+    With a console (``ablate.console.current()``, as in `ablate run`) every event goes to it:
+    a trial started, ended (completed, stopped early, model failed, failed), each step of
+    Tune's loop, the experiment's start and end; the console draws its table and says which
+    trials get a line of their own. Without one, every finished trial gets a line.
+    ``budgets`` is each cell's number of trials (default: ``total`` shared evenly by the cells
+    of ``max_epochs``); ``stage`` names the experiment, ``score`` the result field shown per
+    cell: the best of its completed trials, or with ``mean`` their mean (the replicates).
 
     A trial that errored (an infrastructure failure, its retries spent) does not advance the
-    count: a search issues its slot again."""
+    count: a search issues its slot again. After a resume, the trials the restored experiment
+    had finished are counted on its first step."""
 
     def __init__(self, total: int, max_epochs: int | dict[str, int],
-                 print_fn: Callable[[str], None] = print):
+                 print_fn: Callable[[str], None] = print, *, stage: str = "search",
+                 budgets: dict[str, int] | None = None, score: str = METRIC,
+                 mean: bool = False):
         self.total = total
         self.max_epochs = max_epochs
         self.print_fn = print_fn
+        self.stage = stage
+        self.budgets = budgets
+        self.score = score
+        self.mean = mean
         self.done = 0
+        self._caught_up = False
 
-    def _line(self, trial: Any, outcome: str, counted: bool = True) -> None:
+    def _console(self) -> Any:
+        from ablate.console import current
+
+        return current()
+
+    def _budgets(self) -> dict[str, int]:
+        budgets = self.__dict__.get("budgets")
+        if budgets is not None:
+            return dict(budgets)
+        cells = list(self.max_epochs) if isinstance(self.max_epochs, dict) else []
+        share = self.total // len(cells) if cells else 0
+        return {cell: share for cell in cells}
+
+    def setup(self, **info: Any) -> None:
+        self._caught_up = False
+        console = self._console()
+        if console is not None:
+            console.stage_started(self.__dict__.get("stage", "search"), self._budgets(),
+                                  self.__dict__.get("score", METRIC),
+                                  mean=self.__dict__.get("mean", False))
+
+    def _kind(self, trial: Any) -> tuple[str, str]:
+        """(the console's outcome kind, the words of the trial's line)."""
+        from ablate import console
+
+        cell = cell_of(trial.config) or "?"
+        failure = model_failure(trial.last_result)
+        if failure is not None:
+            return console.MODEL_FAILED, f"model failed ({failure})"
+        if ran_to_end(trial.last_result or {}, self._epochs(cell)):
+            return console.COMPLETED, "completed"
+        return console.STOPPED, "stopped early"
+
+    def _score(self, trial: Any) -> float | None:
+        score = (trial.last_result or {}).get(self.__dict__.get("score", METRIC))
+        return float(score) if isinstance(score, (int, float)) else None
+
+    def _line(self, trial: Any, outcome: str, kind: str, counted: bool = True) -> None:
         self.done += int(counted)
         result = trial.last_result or {}
         score = result.get(METRIC)
         score_text = f"{score:.4f}" if isinstance(score, float) else "-"
         cell = cell_of(trial.config) or "?"
+        console = self._console()
+        if console is not None:
+            console.trial_ended(cell, trial.trial_id, kind, self._score(trial))
+            if not console.shows_trial(kind):
+                return
         self.print_fn(
             f"[{self.done}/{self.total}] {cell} "
             f"trial {trial.trial_id}: {outcome} after {epochs_done(result)}/"
@@ -396,18 +574,52 @@ class TrialProgress(Callback):
             return int(self.max_epochs.get(cell, max(self.max_epochs.values(), default=0)))
         return int(self.max_epochs)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        cell = cell_of(trial.config) or "?"
-        failure = model_failure(trial.last_result)
-        if failure is not None:
-            self._line(trial, f"model failed ({failure})")
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.__dict__.get("_caught_up", True):
             return
-        done = ran_to_end(trial.last_result or {}, self._epochs(cell))
-        self._line(trial, "completed" if done else "stopped early")
+        self._caught_up = True
+        # A restored experiment's finished trials: counted, never reported again.
+        from ablate import console
+
+        finished = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        self.done = 0
+        board = self._console()
+        for trial in finished:
+            kind = console.FAILED if trial.status == "ERROR" else self._kind(trial)[0]
+            self.done += int(kind != console.FAILED)
+            if board is not None:
+                board.trial_ended(cell_of(trial.config) or "?", trial.trial_id, kind,
+                                  self._score(trial))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        console = self._console()
+        if console is not None:
+            console.tick()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        console = self._console()
+        if console is not None:
+            console.trial_started(cell_of(trial.config) or "?", trial.trial_id)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        console = self._console()
+        if console is not None:
+            console.trial_paused(cell_of(trial.config) or "?", trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        kind, outcome = self._kind(trial)
+        self._line(trial, outcome, kind)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from ablate import console
+
         self._line(trial, f"FAILED, infrastructure ({trial.error_file or 'see Ray logs'})",
-                   counted=False)
+                   console.FAILED, counted=False)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        console = self._console()
+        if console is not None:
+            console.stage_ended()
 
 
 class FixedConfigs(_PickledState):

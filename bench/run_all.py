@@ -4,13 +4,13 @@ Each benchmark script runs as a subprocess in its own sandbox (HOME, TMPDIR and 
 pointed at a temporary folder) and writes its result as JSON; this collects them, prints one
 table and writes ``bench/results.json``. A benchmark that fails or runs past its time limit is
 reported as such in the table and the others still run. The whole run keeps to a time budget
-(``--budget-minutes``, 19 by default): each benchmark's time limit is cut to what is left, and
+(``--budget-minutes``, 35 by default): each benchmark's time limit is cut to what is left, and
 a benchmark that would start with less than a minute left is reported as not run.
 
 scheduling_overhead.py is told its share of the budget and skips a study size that would
 not fit it (the notes under the table say so).
 
-    .venv/bin/python bench/run_all.py [--budget-minutes 19] [--only startup data_stall]
+    .venv/bin/python bench/run_all.py [--budget-minutes 35] [--only startup data_stall]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ BENCHMARKS = [
     Benchmark("scheduling_overhead", "scheduling_overhead.py", 420, takes_time_limit=True),
     Benchmark("report_at_scale", "report_at_scale.py", 300, writes_json=False),
     Benchmark("search_efficiency", "search_efficiency.py", 600),
+    Benchmark("study_efficiency", "study_efficiency.py", 780),
 ]
 REPORT_SECONDS, REPORT_MIB = 30, 2048  # the report's targets: 10,000 trial runs
 
@@ -169,7 +170,7 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-minutes", type=float, default=19.0)
+    parser.add_argument("--budget-minutes", type=float, default=35.0)
     parser.add_argument("--only", nargs="+", help="run only these benchmarks")
     args = parser.parse_args()
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]

@@ -1,26 +1,42 @@
 """Scheduling overhead: the driver's time between a trial's end and its successor's start.
 
-Runs one Ray Tune ``Tuner`` per study size with ablate's ``CellSearcher`` (one Optuna TPE study
-per cell) and ``CellScheduler`` (ASHA per cell) over an instant function trainable that calls
-``tune.report`` once. A driver-side Tune callback stamps every trial's start and completion;
-each start that waited for a free slot is paired with the latest completion before it, and the
-gap between the two is the driver's scheduling time for that trial (searcher, scheduler, Tune's
-bookkeeping and experiment-state saves, every second as ``run_study`` sets it). The figure per
-size is the median gap (a size with few hand-offs, under ``--pool-gaps``, is run several times
-and its gaps pooled), with the 90th percentile beside it.
-Ray is started once, before the first size, and not counted. Trials take 1 CPU each,
-``--concurrent`` at a time. Target: the 1,000-trial median gap <= 1.5 x the 10-trial one.
+Runs Ray Tune ``Tuner``s with ablate's ``CellSearcher`` (one Optuna TPE study per cell) and
+``CellScheduler`` (ASHA per cell) over an instant function trainable that calls ``tune.report``
+once. A driver-side Tune callback stamps every trial's start and completion; each start that
+waited for a free slot is paired with the earliest unpaired completion before it, and the gap
+between the two (a "hand-off") is the driver's scheduling time for that trial: the searcher's
+ask, the scheduler, Tune's bookkeeping, the actor's reset, and Tune's experiment-state
+snapshots (every second, ``TUNE_GLOBAL_CHECKPOINT_S=1``, as ``run_study`` sets it). Ray is
+started once, before the first study, and not counted. Trials take 1 CPU each,
+``--concurrent`` (2) at a time, over ``--cells`` (2) cells.
 
-The searcher's own share of each hand-off (``CellSearcher.suggest``: Optuna's ask and its
-draws) is timed apart. Optuna's TPE models every earlier trial of a cell, so its cost grows with
-the cell's history; the largest size is therefore also run with that history bounded
-(``--trials-per-cell`` trials in each of many cells), which leaves the rest of the driver.
+Protocol (fixed before measuring; these machines are shared and their load drifts):
 
-The size series reuses trial actors (``reuse_actors=True``, as ``run_study`` does), so what is
-measured is the driver's own work, which is what could grow with the study. The smallest size
-is also run with Tune's default, a new actor per trial, to show what reusing them saves.
+- The small size (10 trials) has only 8 hand-offs per study, so a *small block* is
+  ``--small-repeats`` (5) studies of 10 trials, its figure the median of their pooled
+  hand-offs (40).
+- Sizes are interleaved in ``--rounds`` (3) rounds: ``S, 100, 1000, S, 100, 1000, S, ...,
+  S``, one study of each large size per round, every round bracketed by a small block before
+  and after it. A round's ratio is its large study's median hand-off over the mean of the two
+  small blocks around it, so a drift in machine load over minutes cancels out.
+- Each figure is reported as the median over repeats with its range (min-max): the small
+  size's over all small blocks, a large size's over rounds, and the ratio's over rounds. The
+  target is on the median of the 1,000-trial rounds' ratios: <= 1.5; the range is beside it.
+- Once after the rounds (each bracketed by one more small block): 1,000 trials with each cell's
+  history bounded (100 cells of 10 trials), which separates Optuna TPE's cost with a cell's
+  history from the rest of the driver; and 10 trials with a new actor per trial (Tune's
+  default; ``run_study`` reuses actors), to show what reusing them saves.
+- ``--with-10k`` adds one study of 10,000 trials (100 cells x 100), not part of the default run.
+- The searcher's own time is measured apart: ``suggest`` per trial (in the hand-off) and its
+  ``save`` per snapshot (Tune calls it with every experiment-state snapshot).
+- Under ``--time-limit`` (``make bench`` gives one), rounds and extra studies predicted (from
+  the first round's time, with 20% headroom) not to fit are skipped, and the notes say so.
 
-    .venv/bin/python bench/scheduling_overhead.py [--sizes 10 100 1000] [--time-limit S]
+The default run is estimated at 6-7 minutes on 2 idle cores (from the study times of the old
+protocol: 2.4 s per 10-trial study, 73 s per 1,000); under ``make bench``'s 390 s limit the
+bounded study is the one skipped if it would not fit.
+
+    .venv/bin/python bench/scheduling_overhead.py [--rounds 3] [--with-10k] [--time-limit S]
 """
 
 from __future__ import annotations
@@ -36,29 +52,34 @@ import time
 from benchlib import Result, Row, run_benchmark
 
 TARGET = 1.5
+SMALL = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000],
-                        help="trials per study, smallest first")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000],
+                        help="large study sizes, each run once per round (the small size is "
+                             f"{SMALL})")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--small-repeats", type=int, default=5,
+                        help=f"studies of {SMALL} trials in each small block")
     parser.add_argument("--cells", type=int, default=2, help="cells the trials are spread over")
     parser.add_argument("--concurrent", type=int, default=2)
-    parser.add_argument("--pool-gaps", type=int, default=50,
-                        help="a size smaller than this is run repeatedly (up to 10 times) and "
-                             "its hand-offs pooled")
     parser.add_argument("--trials-per-cell", type=int, default=10,
-                        help="per-cell trials of the bounded-history run of the largest size")
+                        help="per-cell trials of the bounded-history study of 1,000 trials")
+    parser.add_argument("--with-10k", action="store_true",
+                        help="also one study of 10,000 trials in 100 cells of 100 (long)")
     parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds this benchmark may take; a size predicted (from the "
-                             "previous size's time per trial, with 50%% headroom) not to fit is "
-                             "skipped, and the output says so")
+                        help="seconds this benchmark may take; rounds and extra studies "
+                             "predicted not to fit are skipped, and the output says so")
 
 
 def instant_trial(config: dict) -> None:
     """A trainable that does no work: one result, as if it trained one epoch."""
     from ray import tune
 
-    tune.report({"best_dev_mcc": config["hparams"]["learning_rate"], "finished": 1})
+    from ablate.tune_plugins import METRIC
+
+    tune.report({METRIC: config["hparams"]["learning_rate"], "finished": 1})
 
 
 def cells_and_spaces(count: int):
@@ -102,9 +123,11 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
             events.append((time.perf_counter(), "end"))
 
     class TimedSearcher(CellSearcher):
-        """ablate's searcher, timing its own share of each hand-off (Optuna's ask and draws)."""
+        """ablate's searcher, timing its own share: its ask (in the hand-off) and its save."""
 
         suggest_seconds = 0.0
+        save_seconds = 0.0
+        saves = 0
 
         def suggest(self, trial_id):
             start = time.perf_counter()
@@ -112,6 +135,14 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
                 return super().suggest(trial_id)
             finally:
                 self.suggest_seconds += time.perf_counter() - start
+
+        def save(self, checkpoint_path):
+            start = time.perf_counter()
+            try:
+                return super().save(checkpoint_path)
+            finally:
+                self.save_seconds += time.perf_counter() - start
+                self.saves += 1
 
     cells, spaces = cells_and_spaces(cells_count)
     per_cell = max(1, math.ceil(trials / cells_count))
@@ -132,20 +163,32 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
     gaps = handoff_gaps(events, concurrent)
     return {"fit_seconds": seconds, "finished": len(results), "gaps": gaps, "cells": cells_count,
             "searcher_seconds_per_trial": searcher.suggest_seconds / max(len(results), 1),
-            "median_gap": statistics.median(gaps), "p90_gap": statistics.quantiles(gaps, n=10)[-1]}
+            "searcher_save_seconds": searcher.save_seconds / max(searcher.saves, 1),
+            "saves": searcher.saves}
 
 
-def pooled(fits: list[dict]) -> dict:
-    """Several runs of one study size as one: hand-offs pooled, times and counts summed."""
-    gaps = [gap for run in fits for gap in run["gaps"]]
-    finished = sum(run["finished"] for run in fits)
+def summary(runs: list[dict]) -> dict:
+    """Studies of one size as one: hand-offs pooled, times and counts summed."""
+    gaps = [gap for run in runs for gap in run["gaps"]]
+    finished = sum(run["finished"] for run in runs)
+    saves = sum(run["saves"] for run in runs)
     return {
-        "fit_seconds": sum(run["fit_seconds"] for run in fits), "finished": finished,
-        "gaps": gaps, "cells": fits[0]["cells"], "repeats": len(fits),
+        "fit_seconds": sum(run["fit_seconds"] for run in runs), "finished": finished,
+        "studies": len(runs), "cells": runs[0]["cells"], "handoffs": len(gaps),
         "searcher_seconds_per_trial": sum(run["searcher_seconds_per_trial"] * run["finished"]
-                                          for run in fits) / max(finished, 1),
-        "median_gap": statistics.median(gaps), "p90_gap": statistics.quantiles(gaps, n=10)[-1],
+                                          for run in runs) / max(finished, 1),
+        "searcher_save_seconds": sum(run["searcher_save_seconds"] * run["saves"]
+                                     for run in runs) / max(saves, 1),
+        "median_gap": statistics.median(gaps),
+        "p90_gap": statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else gaps[0],
     }
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """'median (min-max)' of ``values`` times ``scale``."""
+    med = statistics.median(values) * scale
+    lo, hi = min(values) * scale, max(values) * scale
+    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
 def measure(args: argparse.Namespace, result: Result) -> None:
@@ -154,84 +197,120 @@ def measure(args: argparse.Namespace, result: Result) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # as run_study sets it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     began = time.perf_counter()
-    wanted = sorted(args.sizes)
-    result.note(f"sizes {wanted} trials over {args.cells} cells, {args.concurrent} at a time, "
-                "instant trainable (one tune.report); Ray start-up not counted")
+    sizes = sorted(args.sizes)
+    result.note(f"{args.rounds} interleaved rounds of {SMALL} (x{args.small_repeats}), "
+                f"{', '.join(map(str, sizes))} trials over {args.cells} cells, "
+                f"{args.concurrent} at a time, instant trainable (one tune.report); each round "
+                f"between two blocks of {SMALL}-trial studies; Ray start-up not counted")
     storage = tempfile.mkdtemp(prefix="sched-")
     # "local": always a fresh Ray of our own, never one an earlier `ray start` left running.
     ray.init(address="local", num_cpus=args.concurrent + 1, include_dashboard=False,
              logging_level="WARNING")
-    runs: dict[int, dict] = {}
+
+    def left() -> float:
+        if not args.time_limit:
+            return math.inf
+        return args.time_limit - (time.perf_counter() - began)
+
+    def small_block() -> dict:
+        block = summary([fit(SMALL, args.cells, args.concurrent, storage, reuse=True)
+                         for _ in range(args.small_repeats)])
+        print(f"  {SMALL} trials x {block['studies']}: {block['fit_seconds']:.1f} s, median "
+              f"hand-off {block['median_gap'] * 1000:.1f} ms", flush=True)
+        return block
+
+    def large(trials: int, cells: int) -> dict:
+        run = summary([fit(trials, cells, args.concurrent, storage, reuse=True)])
+        print(f"  {trials} trials in {cells} cells: {run['fit_seconds']:.1f} s, median "
+              f"hand-off {run['median_gap'] * 1000:.1f} ms, searcher "
+              f"{run['searcher_seconds_per_trial'] * 1000:.2f} ms per ask", flush=True)
+        return run
+
+    blocks: list[dict] = []
+    rounds: list[dict[int, dict]] = []
+    extras: dict[str, tuple[dict, float]] = {}  # name -> (study, mean of its bracketing blocks)
     try:
-        for size in wanted:
-            if runs and args.time_limit:
-                last = runs[max(runs)]
-                predicted = size * last["fit_seconds"] / last["finished"] * 1.5
-                left = args.time_limit - (time.perf_counter() - began)
-                if predicted > left:
-                    result.note(f"{size} trials skipped: predicted {predicted:.0f} s, "
-                                f"{left:.0f} s of the time limit left")
-                    continue
-            # A small study has few hand-offs: repeat it and pool them, for a steady median.
-            repeats = max(1, min(args.pool_gaps // size, 10))
-            run = pooled([fit(size, args.cells, args.concurrent, storage, reuse=True)
-                          for _ in range(repeats)])
-            runs[size] = run
-            result.details[f"reuse_actors/{size}"] = {k: v for k, v in run.items()
-                                                      if k != "gaps"}
-            print(f"  {size} trials x {repeats} (actors reused): {run['fit_seconds']:.1f} s, "
-                  f"median hand-off {run['median_gap'] * 1000:.1f} ms", flush=True)
-            if len(runs) == 1:
-                fresh = fit(size, args.cells, args.concurrent, storage, reuse=False)
-                result.details[f"new_actor_per_trial/{size}"] = {
-                    k: v for k, v in fresh.items() if k != "gaps"}
-                print(f"  {fresh['finished']} trials (a new actor each): "
-                      f"median hand-off {fresh['median_gap'] * 1000:.1f} ms", flush=True)
-        # The same largest study with each cell's history bounded (--trials-per-cell trials in
-        # each of many cells): separates the driver's own work from Optuna TPE's per-cell cost.
-        largest = max(runs)
-        cells = max(1, largest // args.trials_per_cell)
-        left = args.time_limit - (time.perf_counter() - began) if args.time_limit else None
-        if largest > min(runs) and (left is None or left > 1.5 * runs[largest]["fit_seconds"]):
-            bounded = fit(largest, cells, args.concurrent, storage, reuse=True)
-            result.details[f"bounded/{largest}"] = {k: v for k, v in bounded.items()
-                                                    if k != "gaps"}
-            print(f"  {bounded['finished']} trials in {cells} cells: median hand-off "
-                  f"{bounded['median_gap'] * 1000:.1f} ms", flush=True)
-        else:
-            bounded = None
+        blocks.append(small_block())
+        first_round = None
+        for index in range(args.rounds):
+            if first_round is not None and first_round * 1.2 > left():
+                result.note(f"rounds {index + 1}-{args.rounds} skipped: a round took "
+                            f"{first_round:.0f} s, {left():.0f} s of the time limit left")
+                break
+            start = time.perf_counter()
+            rounds.append({size: large(size, args.cells) for size in sizes})
+            blocks.append(small_block())
+            first_round = first_round or time.perf_counter() - start
+        # Per trial, a 1,000-trial study costs about what the largest size did.
+        per_trial = rounds[0][max(sizes)]["fit_seconds"] / max(sizes) if rounds else math.inf
+        block_seconds = blocks[0]["fit_seconds"]
+        wanted = [("bounded", 1000, max(1, 1000 // args.trials_per_cell))]
+        if args.with_10k:
+            wanted.append(("10k", 10_000, 100))
+        for name, trials, cells in wanted:
+            predicted = 1.2 * (trials * per_trial + block_seconds)
+            if name == "bounded" and max(sizes) < 1000:
+                continue
+            if predicted > left():
+                result.note(f"{trials} trials in {cells} cells skipped: predicted "
+                            f"{predicted:.0f} s, {left():.0f} s of the time limit left")
+                continue
+            run = large(trials, cells)
+            blocks.append(small_block())
+            extras[name] = (run, (blocks[-2]["median_gap"] + blocks[-1]["median_gap"]) / 2)
+        fresh = None
+        if left() > 1.2 * 30:
+            fresh = summary([fit(SMALL, args.cells, args.concurrent, storage, reuse=False)])
+            print(f"  {SMALL} trials (a new actor each): median hand-off "
+                  f"{fresh['median_gap'] * 1000:.1f} ms", flush=True)
     finally:
         ray.shutdown()
-    sizes = sorted(runs)
-    small = runs[sizes[0]]
 
-    def compare(run: dict, label: str, target: bool) -> None:
-        ratio = run["median_gap"] / small["median_gap"]
+    result.details["small_blocks"] = blocks
+    result.details["rounds"] = [{str(size): run for size, run in r.items()} for r in rounds]
+    result.details["extras"] = {name: run for name, (run, _) in extras.items()}
+    small_medians = [b["median_gap"] for b in blocks]
+    small_searcher = statistics.median(b["searcher_seconds_per_trial"] for b in blocks)
+    small_save = statistics.median(b["searcher_save_seconds"] for b in blocks)
+    small_text = f"{spread(small_medians, 1000)} ms ({len(blocks)} blocks)"
+
+    def row(case: str, runs: list[dict], ratios: list[float], target: bool) -> None:
+        med = statistics.median(ratios)
         result.add(Row(
-            label,
-            "median trial hand-off, large / small",
-            ratio,
-            f"{run['median_gap'] * 1000:.1f} vs {small['median_gap'] * 1000:.1f} ms (p90 "
-            f"{run['p90_gap'] * 1000:.1f} vs {small['p90_gap'] * 1000:.1f}); of which the "
-            f"searcher {run['searcher_seconds_per_trial'] * 1000:.1f} vs "
-            f"{small['searcher_seconds_per_trial'] * 1000:.1f} ms per trial",
+            case,
+            "median hand-off, large / small (bracketing blocks)"
+            + ("; median (range) over rounds" if len(ratios) > 1 else ""),
+            med,
+            f"{spread([r['median_gap'] for r in runs], 1000)} vs {small_text}; ratio range "
+            f"{min(ratios):.2f}-{max(ratios):.2f}; p90 "
+            f"{statistics.median(r['p90_gap'] for r in runs) * 1000:.0f} ms; searcher ask "
+            f"{statistics.median(r['searcher_seconds_per_trial'] for r in runs) * 1000:.1f} vs "
+            f"{small_searcher * 1000:.1f} ms, save "
+            f"{statistics.median(r['searcher_save_seconds'] for r in runs) * 1000:.1f} vs "
+            f"{small_save * 1000:.1f} ms",
             f"<= {TARGET}" if target else "",
-            ratio <= TARGET if target else None,
+            med <= TARGET if target else None,
         ))
 
-    for size in sizes[1:]:
-        run = runs[size]
-        compare(run, f"{size} vs {sizes[0]} trials, {args.cells} cells",
-                target=size == sizes[-1] and size >= 1000)
-    if bounded is not None:
-        compare(bounded, f"{bounded['finished']} trials in {bounded['cells']} cells vs "
-                         f"{sizes[0]}", target=False)
-    result.add(Row(
-        f"{fresh['finished']} trials, new actor each",
-        "median trial hand-off, new actor / reused",
-        fresh["median_gap"] / small["median_gap"],
-        f"{fresh['median_gap'] * 1000:.1f} vs {small['median_gap'] * 1000:.1f} ms",
-    ))
+    for size in sizes:
+        runs = [r[size] for r in rounds]
+        ratios = [r[size]["median_gap"] / ((blocks[i]["median_gap"] + blocks[i + 1]["median_gap"])
+                                           / 2) for i, r in enumerate(rounds)]
+        row(f"{size:,} vs {SMALL} trials, {args.cells} cells", runs, ratios,
+            target=size == 1000)
+    for name, (run, bracket) in extras.items():
+        label = {"bounded": f"1,000 trials in {run['cells']} cells vs {SMALL}",
+                 "10k": f"10,000 trials in {run['cells']} cells vs {SMALL}"}[name]
+        row(label, [run], [run["median_gap"] / bracket], target=False)
+    if fresh is not None:
+        result.details["new_actor_per_trial"] = fresh
+        result.add(Row(
+            f"{SMALL} trials, new actor each",
+            "median hand-off, new actor / reused",
+            fresh["median_gap"] / statistics.median(small_medians),
+            f"{fresh['median_gap'] * 1000:,.0f} vs {statistics.median(small_medians) * 1000:.1f}"
+            " ms",
+        ))
 
 
 if __name__ == "__main__":

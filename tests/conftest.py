@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.browser"]
 
 # Ray writes ~/.ray/auth_token, lock files under /tmp and session folders under its temp dir;
 # killed trials leave temp checkpoints. Keep all of it in one short-lived folder (short, since

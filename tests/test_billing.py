@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -113,3 +114,69 @@ def test_checkpoints_and_work_lost_to_a_crash_are_billed(tmp_path, local_ray):  
     assert metrics[MetricName.PRICE] == pytest.approx(metrics[MetricName.DEVICE_HOURS] * PRICE)
     assert own[MetricName.PRICE] == pytest.approx(own[MetricName.DEVICE_HOURS] * PRICE)
     assert history(client, run_id, MetricName.LOST_SECONDS)  # logged from the retry on
+
+
+def crash_after_epoch_3(config: dict, plans: dict, split_arrays: dict, markers: str) -> None:
+    """The trainable, writing what each epoch reported per attempt, whose first attempt
+    crashes right after its third epoch's report."""
+    from ray import tune
+
+    from ablate.training import report_epoch, run_epochs, setup_trial
+    from ablate.trial import TrialConfig
+
+    trial_id = tune.get_context().get_trial_id()
+    attempt = 2 if (Path(markers) / trial_id).exists() else 1
+    (Path(markers) / trial_id).write_text("")
+    trial = TrialConfig.from_tune(config)
+    run = setup_trial(trial, plans[trial.cell], split_arrays, None)
+
+    def report(run, metrics: dict) -> None:
+        # Written first: on the trial's last report Tune stops it inside ``tune.report``.
+        seen = {k: metrics[k] for k in ("train_loss", "dev_loss")}
+        (Path(markers) / f"{attempt}-{metrics['epoch']}.json").write_text(json.dumps(seen))
+        report_epoch(run, metrics)
+        if attempt == 1 and metrics["epoch"] == 3:
+            raise RuntimeError("the node was lost")
+
+    run_epochs(run, report)
+
+
+@pytest.mark.integration
+def test_checkpoints_every_n_epochs_restore_exactly_and_rerun_epochs_are_charged(
+        tmp_path, local_ray):  # noqa: F811
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    search = run_search(tmp_path, crash_after_epoch_3, {"cnn": space("cnn", 1e-3, 1e-2)},
+                        trials=1, max_epochs=4, max_failures=1, checkpoint_every=2,
+                        markers=str(markers))
+    (run,) = search.runs
+    (result,) = list(search.results)
+    seen = {p.stem: json.loads(p.read_text()) for p in markers.glob("*.json")}
+    # Attempt 1 reported epochs 1-3; only epoch 2 had a checkpoint, so attempt 2 restored it
+    # and trained epoch 3 again, then 4.
+    assert sorted(seen) == ["1-1", "1-2", "1-3", "2-3", "2-4"]
+    # The checkpoint held the random number generators' states too (the model has dropout):
+    # the epoch trained again is the same epoch, to the bit.
+    for field in ("train_loss", "dev_loss"):
+        assert seen["2-3"][field] == seen["1-3"][field]
+    # One checkpoint in all (epoch 2's): none at epochs 1 and 3, none on the last report.
+    assert Path(result.checkpoint.path).name == "checkpoint_000000"
+    trial_dir = Path(result.path)
+    best = sorted(p.name for p in trial_dir.glob("best_model-epoch*.pt"))
+    assert best and len(best) <= 2  # the best model was written once per change, old ones gone
+    # The driver counted the epoch trained again and charged what attempt 1 had reported
+    # beyond the checkpoint, on top of the time from its last report to the crash.
+    metrics = run.data.metrics
+    assert metrics[MetricName.RERUN_EPOCHS] == 1
+    billed = {}  # as attempt 1 reported them (the first value logged at each epoch)
+    for m in sorted(search.client.get_metric_history(run.info.run_id, "billed_seconds"),
+                    key=lambda m: m.timestamp):
+        billed.setdefault(m.step, m.value)
+    beyond = billed[3] - billed[2]
+    assert metrics[MetricName.LOST_SECONDS] >= beyond > 0
+    own = result.metrics
+    assert metrics["billed_seconds"] == pytest.approx(
+        own["billed_seconds"] + metrics[MetricName.LOST_SECONDS])
+    steps = [m.step for m in search.client.get_metric_history(run.info.run_id,
+                                                               MetricName.DEV_MCC)]
+    assert steps == [1, 2, 3, 4]  # epoch 3 logged once

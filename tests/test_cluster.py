@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from ablate.tracking.schema import Outcome, Stage, Tag, tag_filter
 from tests.helpers import free_port, kill_session
@@ -81,11 +82,32 @@ def run_against(tmp_path, address, env, name, budget, kill=None):
         if kill is not None:
             kill(log_path, study)
         assert study.wait(timeout=900) == 0, log_path.read_text()[-4000:]
-    from mlflow import MlflowClient
-
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
     experiment = client.get_experiment_by_name(name).experiment_id
     return client.search_runs([experiment], tag_filter(Tag.STAGE, Stage.TRIAL)), log_path
+
+
+def worker_node_id(address, env):
+    """The id of the cluster's node that is not the head, asked of Ray itself."""
+    probe = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "print([n['NodeID'] for n in ray.nodes()"
+        " if n['Alive'] and 'node:__internal_head__' not in n['Resources']][0])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def running_on(client, experiment_name, node_id):
+    """Whether a trial run of the experiment is still open and last reported from node_id."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return False
+    runs = client.search_runs([experiment.experiment_id], tag_filter(Tag.STAGE, Stage.TRIAL))
+    return any(r.info.status == "RUNNING" and r.data.tags.get(Tag.NODE_ID) == node_id
+               for r in runs)
 
 
 def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_nodes):
@@ -96,17 +118,22 @@ def test_study_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two_node
     nodes = Counter(r.data.tags[Tag.NODE_ID] for r in runs)
     assert len(nodes) == 2, nodes  # trials ran on both nodes
 
+    worker_id = worker_node_id(address, env)
+    tracking = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+
     def kill_worker_node(log_path, study):
+        # Kill the second node while one of its trials is known to be mid-way: a trial run still
+        # open whose latest result came from that node.
         deadline = time.time() + 300
-        while time.time() < deadline and "[1/6]" not in log_path.read_text():
+        while time.time() < deadline and not running_on(tracking, "node-lost", worker_id):
             assert study.poll() is None, log_path.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(2)
+            time.sleep(0.2)
         kill_session(worker.pid)  # the second node, with whatever trials it was running
 
     runs, log_path = run_against(
         tmp_path, address, env, "node-lost",
-        {"trials_per_cell": 3, "max_epochs": 3, "concurrent_trials": 4, "max_failures": 3},
+        {"trials_per_cell": 3, "max_epochs": 6, "grace_epochs": 6, "concurrent_trials": 4,
+         "max_failures": 3},
         kill=kill_worker_node,
     )
     per_cell = Counter(r.data.tags[Tag.CELL] for r in runs)

@@ -465,7 +465,7 @@ def test_mlflow_k8s_server_uses_postgres_s3_and_answers_the_service_name(mlflow_
     main = container(deployment["spec"]["template"])
     flags = server_flags(" ".join(main["args"]))
     assert set(flags) <= mlflow_server_options, "a flag the installed MLflow does not know"
-    assert flags["--backend-store-uri"].startswith("postgresql://")
+    assert flags["--backend-store-uri"].startswith("postgresql+psycopg2://")
     assert flags["--artifacts-destination"].startswith("s3://")
     assert "--serve-artifacts" in flags and flags["--host"] == "0.0.0.0"
     allowed = flags["--allowed-hosts"].split(",")
@@ -506,7 +506,7 @@ def test_compose_server_uses_postgres_and_s3_with_secrets_from_env(mlflow_server
     mlflow = services["mlflow"]
     flags = server_flags(mlflow["command"][-1])
     assert set(flags) <= mlflow_server_options
-    assert flags["--backend-store-uri"].startswith("postgresql://")
+    assert flags["--backend-store-uri"].startswith("postgresql+psycopg2://")
     assert "@postgres:5432/" in flags["--backend-store-uri"]
     assert flags["--artifacts-destination"].startswith("s3://")
     assert "--serve-artifacts" in flags and flags["--host"] == "0.0.0.0"
@@ -543,18 +543,21 @@ if [[ "$1 $2" == "show hostnames" ]]; then printf 'gpu-a01\\ngpu-a02\\n'; fi
 echo "10.0.0.1 10.1.0.1"
 """,
     # `ray start --block` stays up until the script's cleanup ends it; `ray status` fails
-    # until the head has started, then reports it, and the worker once a
-    # `ray start --address` has run (unless STUB_NO_WORKER); once it has answered, it logs
-    # how many nodes it reported.
+    # until the head's `ray start` has run (its own line, not the srun that launches it), then
+    # reports it, and the worker once a
+    # `ray start --address` has run (unless STUB_NO_WORKER); it logs how many nodes it
+    # reports before it prints them (a reader may stop reading at the line it wants, and go
+    # on before this stub has ended).
     "ray": """
 case "$1" in
     start) [[ " $* " == *" --block "* ]] && exec sleep 30 ;;
     status)
-        grep -q "start"$'\\t'"--head" "$STUB_LOG" || exit 1
+        grep -q $'^ray\\tstart\\t--head' "$STUB_LOG" || exit 1
         nodes=(node_e1a03c5bef842e982b5131f3ec348720ab4205083f565a23c6ec4160)
-        if [[ -z "${STUB_NO_WORKER:-}" ]] && grep -q "start"$'\\t'"--address=" "$STUB_LOG"; then
+        if [[ -z "${STUB_NO_WORKER:-}" ]] && grep -q $'^ray\\tstart\\t--address=' "$STUB_LOG"; then
             nodes+=(node_7bd9c0c8a1e54b2f9d0e6a3c1f2b4d5e6f708192a3b4c5d6e7f80912)
         fi
+        printf 'status-answered\\t%s\\n' "${#nodes[@]}" >> "$STUB_LOG"
         echo "======== Autoscaler status: 2026-01-01 00:00:00.000000 ========"
         echo "Node status"
         echo "---------------------------------------------------------------"
@@ -564,7 +567,6 @@ case "$1" in
         echo " (no pending nodes)"
         echo "Recent failures:"
         echo " (no failures)"
-        printf 'status-answered\\t%s\\n' "${#nodes[@]}" >> "$STUB_LOG"
         ;;
 esac
 """,

@@ -312,6 +312,25 @@ def test_compute_curves_plot_has_a_panel_per_task_and_one_colour_per_condition(t
     assert width > 2 * 4.6 * 100 and height > 0
 
 
+def test_compute_curves_plot_a_task_whose_trials_all_failed(tmp_path):
+    """A task with no dev score yet (every trial failed) gets a panel that says so; the
+    other tasks' panels are drawn as ever (this raised on a log axis with no data)."""
+    import matplotlib.pyplot as plt
+
+    failed = trials("cnn", "t2", [(Outcome.MODEL_FAILED, np.nan, 1e12, 1.0)] * 2)
+    frame = pd.DataFrame(trials("cnn", "t1", [(DONE, 0.3, 1e12, 1.0)]) + failed)
+    fig = plots.compute_curves_figure(analysis.compute_curves(frame))
+    try:
+        first, second = [ax for ax in fig.axes if ax.get_visible()]
+        assert (first.get_title(), second.get_title()) == ("t1", "t2")
+        assert first.get_xscale() == "log" and first.lines
+        assert [t.get_text() for t in second.texts] == ["no trial with a dev score yet"]
+    finally:
+        plt.close(fig)
+    plots.plot_compute_curves(analysis.compute_curves(frame), tmp_path / "compute.png")
+    assert (tmp_path / "compute.png").stat().st_size > 0
+
+
 def test_cost_benefit_plot_gives_each_task_its_own_panels(tmp_path):
     import matplotlib.pyplot as plt
 

@@ -302,3 +302,53 @@ def test_synthetic_signal_is_learnable(tmp_path: Path) -> None:
     model = LogisticRegression(max_iter=2000).fit(_kmer_counts(train.sequences), train.labels)
     mcc = matthews_corrcoef(dev.labels, model.predict(_kmer_counts(dev.sequences)))
     assert mcc > 0.3
+
+
+def _motif_windows(sequences: list[str], labels: list[int], length: int) -> set[str]:
+    """The windows of ``length`` bases found in at least 60% of the class-1 sequences."""
+    counts: dict[str, int] = {}
+    positives = [s for s, y in zip(sequences, labels, strict=True) if y == 1]
+    for seq in positives:
+        for window in {seq[i:i + length] for i in range(len(seq) - length + 1)}:
+            counts[window] = counts.get(window, 0) + 1
+    return {w for w, n in counts.items() if n >= 0.6 * len(positives)}
+
+
+def test_synthetic_signal_options_plant_long_exact_motifs_shared_by_a_group(tmp_path: Path):
+    from ablate.data.synthetic import Signal
+
+    tasks = [KEY, "prom/prom_core_all", "tf/0"]
+    shared = write_synthetic_gue(tmp_path / "shared", scale=0.05, seed=2, tasks=tasks,
+                                 signal=Signal(motif_length=24, mutation=0.0, shared_motifs=True))
+    motifs = {}
+    for key in tasks:
+        train = read_split(shared, key, "train")
+        motifs[key] = _motif_windows(list(train.sequences), list(train.labels), 24)
+        assert len(motifs[key]) == 1, key  # one exact 24-base motif for class 1
+    assert motifs[KEY] == motifs["prom/prom_core_all"]  # one group: the same motif
+    assert motifs[KEY] != motifs["tf/0"]  # another group: its own
+    assert "share their motifs" in (shared / "SYNTHETIC.md").read_text()
+    # Without sharing, each dataset draws its own.
+    apart = write_synthetic_gue(tmp_path / "apart", scale=0.05, seed=2, tasks=tasks[:2],
+                                signal=Signal(motif_length=24, mutation=0.0))
+    found = [_motif_windows(list(t.sequences), list(t.labels), 24)
+             for t in (read_split(apart, k, "train") for k in tasks[:2])]
+    assert found[0] != found[1]
+
+
+def test_synthetic_default_signal_keeps_its_files(synthetic_root: Path, tmp_path: Path) -> None:
+    from ablate.data.synthetic import Signal
+
+    again = write_synthetic_gue(tmp_path, scale=0.02, seed=3, tasks=[KEY], signal=Signal())
+    for split in ("train", "dev", "test"):
+        path = f"{KEY}/{split}.csv"
+        assert (again / path).read_bytes() == (synthetic_root / path).read_bytes()
+    assert Signal().folder_suffix() == ""
+    assert Signal(24, 0.0, True).folder_suffix() == "-motif24-mut0-shared"
+
+
+def test_synthetic_refuses_motifs_that_do_not_fit(tmp_path: Path) -> None:
+    from ablate.data.synthetic import Signal
+
+    with pytest.raises(AblateError, match="do not fit"):
+        write_synthetic_gue(tmp_path, scale=0.02, tasks=[KEY], signal=Signal(motif_length=40))

@@ -255,10 +255,24 @@ def test_study_with_pretraining_runs_it_once_and_links_cells(tmp_path):
     (pretrain_run,) = pretrain_runs
     assert pretrain_run.data.tags[Tag.ARCHITECTURE] == "convnova"
     assert pretrain_run.data.metrics["flops"] > 0
+    # The steps are part of the workers' time; the rest is their start-up and streaming.
+    steps = pretrain_run.data.metrics["optimizer_seconds"]
+    assert 0 < steps < pretrain_run.data.metrics["step_seconds"]
 
     from ablate.analysis import latest_sweep, trials
+    from ablate.study import DriverPhases
 
     _, sweep = latest_sweep(uri, "pretrain-e2e")
+    # Where the driver's time went, phase by phase, on the sweep's own run.
+    (sweep_run,) = client.search_runs(
+        [client.get_experiment_by_name("pretrain-e2e").experiment_id],
+        f"tags.`{Tag.SWEEP}` = '{sweep}' and tags.`{Tag.STAGE}` = 'sweep'")
+    phases = {k.removeprefix(DriverPhases.PREFIX): v for k, v in sweep_run.data.metrics.items()
+              if k.startswith(DriverPhases.PREFIX)}
+    assert set(phases) == {"prepare", "ray_start", "provenance", "pretraining", "trial_inputs",
+                           "search", "mlflow_writes"}
+    assert all(v >= 0 for v in phases.values()) and phases["search"] > phases["mlflow_writes"]
+    assert "driver time: prepare" in run.stdout
     frame = trials(uri, "pretrain-e2e", sweep)
     assert len(frame) == 4
     by_cell = frame.groupby(tag_column(Tag.PRETRAINING))

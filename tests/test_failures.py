@@ -68,7 +68,7 @@ class Search:
 def run_search(tmp_path: Path, trainable: Any, spaces: dict[str, SearchSpace], *,
                trials: int = 2, max_epochs: int = 2, max_failures: int = 0,
                prices: dict[str, float] | None = None, concurrent: int = 2,
-               **parameters: Any) -> Search:
+               checkpoint_every: int = 1, **parameters: Any) -> Search:
     """One Tune experiment over one tiny cell per search space, as a study runs it: the cell
     searcher, ASHA per cell and the MLflow logger on the driver. ``parameters`` go to the
     trainable beside ``plans`` and ``split_arrays``."""
@@ -81,10 +81,10 @@ def run_search(tmp_path: Path, trainable: Any, spaces: dict[str, SearchSpace], *
     TRIALS_SEEN.clear()
     plans = {}
     for arch in spaces:
-        plan = tiny_plan(arch, max_epochs=max_epochs)
-        if prices:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        plan = replace(tiny_plan(arch, max_epochs=max_epochs), checkpoint_every=checkpoint_every)
+        if prices:
             plan = replace(plan, prices=dict(prices))
         plans[plan.cell.name] = plan
     cells = [plan.cell for plan in plans.values()]

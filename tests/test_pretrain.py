@@ -16,6 +16,7 @@ from ablate.corpus import sample_fasta_windows
 from ablate.errors import AblateError
 from ablate.tracking.schema import MODEL_ARTIFACT, MetricName, Stage, Tag
 from tests.helpers import kill_session
+from tests.test_shards import local_ray  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,8 @@ def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
     metrics = run.data.metrics
     assert metrics["resumed_from_step"] >= 10
     assert metrics["steps"] == 400
+    # Both attempts' steps that the checkpoint kept, inside the workers' time.
+    assert 0 < metrics["optimizer_seconds"] < metrics["step_seconds"]
     # Charged in full: the first attempt's time (what its checkpoint kept, and the lost rest)
     # and all the second attempt's.
     second_attempt = (metrics["step_seconds"] + metrics[MetricName.CHECKPOINT_SECONDS]
@@ -197,3 +200,63 @@ def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
         billed / 3600 * metrics["device_count"])
     assert run.data.tags[Tag.PRICE_SOURCE] == "unpriced"
     assert MODEL_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_worker_replays_a_small_corpus_from_memory_and_streams_a_large_one():
+    import torch
+
+    from ablate.pretrain import _EpochCache
+
+    passes = []
+
+    def stream():
+        passes.append(1)
+        for i in range(3):
+            yield torch.full((2, 4), i), torch.ones((2, 4), dtype=torch.long)
+
+    small = _EpochCache(stream, limit=10_000)
+    first = [ids[0, 0].item() for ids, _ in small]
+    # A pass stopped part-way (max_steps reached) is not an epoch: nothing is kept from it.
+    partial = _EpochCache(stream, limit=10_000)
+    next(iter(partial))
+    assert partial.batches is None
+    passes.clear()
+    assert [ids[0, 0].item() for ids, _ in small] == first == [0, 1, 2]
+    assert [ids[0, 0].item() for ids, _ in small] == first
+    assert passes == []  # replayed, never streamed again
+    large = _EpochCache(stream, limit=100)  # 3 batches of 128 bytes do not fit
+    for _ in range(2):
+        assert [ids[0, 0].item() for ids, _ in large] == [0, 1, 2]
+    assert len(passes) == 2 and large.batches is None
+
+
+def test_a_worker_cuts_fetched_blocks_into_the_batches_ray_data_would_give(
+        request, local_ray):  # noqa: F811
+    """Fetching many step batches at once (``FETCH_STEPS``) changes no batch: the same rows in
+    the same order as Ray Data's own batches of the step's size, the last partial one dropped."""
+    import pyarrow as pa
+    import ray
+
+    from ablate.pretrain import FETCH_STEPS, _batches, _timed
+    from ablate.shards import split_arrays
+
+    options = ray.data.DataContext.get_current().execution_options
+    kept, options.preserve_order = options.preserve_order, True
+    request.addfinalizer(lambda: setattr(options, "preserve_order", kept))
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(5, 9, size=int(n)).tolist() for n in rng.integers(3, 12, size=1000)]
+    dataset = ray.data.from_arrow(pa.table({"input_ids": rows})).repartition(7)
+    batch_size, width = 6, 12
+    reference = []
+    for table in dataset.iterator().iter_batches(
+            batch_size=batch_size, batch_format="pyarrow", drop_last=True):
+        arrays = split_arrays(table, 3, width)
+        reference.append((arrays.input_ids.astype(np.int64), arrays.attention_mask()))
+    state: dict = {}
+    cut = list(_timed(_batches(dataset.iterator(), batch_size, 3, width), state))
+    assert len(cut) == len(reference) == 1000 // batch_size > FETCH_STEPS
+    for (ids, mask), (want_ids, want_mask) in zip(cut, reference, strict=True):
+        assert ids.tolist() == want_ids.tolist() and mask.tolist() == want_mask.tolist()
+    assert ids.dtype == torch.int64
+    assert cut[0][0][0, :3].tolist() == rows[0][:3]  # the stream's own first row first
+    assert state["data_wait_seconds"] > 0

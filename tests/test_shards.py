@@ -180,3 +180,33 @@ def test_shards_are_read_from_remote_storage(tmp_path, local_ray, s3_server):
     source = shard_source(one, ShardManifest.read(one).files, storage, work)
     assert not source.pinned and type(source.filesystem).__name__ == "S3FileSystem"
     assert all(path.startswith(storage.removeprefix("s3://")) for path in source.paths)
+
+
+def test_reads_pinned_to_a_node_without_cpus_are_refused_not_left_waiting():
+    """A head started with ``--num-cpus=0`` (as KubeRay advises) can run no read pinned to it:
+    with the shards only on its disk the study says so at once, naming ``--storage``."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import ray
+        from ablate.errors import AblateError
+        from ablate.shards import read_placement
+        from ablate.storage import ShardSource
+        ray.init(address="local", num_cpus=0, include_dashboard=False, logging_level="ERROR")
+        pinned = ShardSource(paths=["/only/here/part-0.parquet"], filesystem=None, pinned=True)
+        try:
+            read_placement([pinned], read_cpus=1)
+        except AblateError as exc:
+            print("REFUSED", exc)
+        else:
+            print("PLACED")
+        remote = ShardSource(paths=["bucket/part-0.parquet"], filesystem=None, pinned=False)
+        print("REMOTE", sorted(read_placement([remote], read_cpus=1)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert "REFUSED" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "--storage" in out.stdout and "no CPUs" in out.stdout
+    assert "REMOTE ['filesystem', 'num_cpus']" in out.stdout  # read wherever a task lands

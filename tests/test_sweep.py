@@ -176,6 +176,49 @@ def test_asha_compares_trials_only_within_their_cell():
     assert per_cell.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
 
 
+def test_asha_rungs_survive_a_restore_inside_the_searchers_state(tmp_path):
+    """Tune restores a scheduler as it was built (empty rungs); the rungs come back through the
+    searcher's saved state, so a trial after a resume meets the same cut-offs."""
+    cell = CELLS[0].name
+    searcher, scheduler = make_searcher(trials=4), CellScheduler(
+        [cell, CELLS[1].name], max_t=4, grace_period=1, rf=2, state_key="exp")
+    searcher.state_key = "exp"
+    good = [stub(f"g{i}", cell) for i in range(3)]
+    for trial, value in zip(good, (0.7, 0.8, 0.9), strict=True):
+        scheduler.on_trial_add(None, trial)
+        assert scheduler.on_trial_result(None, trial, result(value, 1)) == TrialScheduler.CONTINUE
+    searcher.save(str(tmp_path / "state.pkl"))
+
+    # What Tuner.restore hands over: the scheduler as built, and the searcher from its file.
+    fresh = CellScheduler([cell, CELLS[1].name], max_t=4, grace_period=1, rf=2, state_key="exp")
+    restored = make_searcher(trials=4)
+    restored.restore(str(tmp_path / "state.pkl"))
+    poor = stub("p", cell)
+    fresh.on_trial_add(None, poor)
+    assert fresh.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
+    # Without the saved rungs the same trial would have gone on.
+    built = CellScheduler([cell, CELLS[1].name], max_t=4, grace_period=1, rf=2, state_key="b")
+    built.on_trial_add(None, poor)
+    assert built.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.CONTINUE
+
+
+def test_a_repeated_iteration_gets_the_answer_it_got_before():
+    """A trial restored from a checkpoint older than its last report repeats iterations: ASHA
+    would now find its own earlier value in the rung and let it on; the recorded answer wins."""
+    cell = CELLS[0].name
+    scheduler = CellScheduler([cell], max_t=4, grace_period=1, rf=2)
+    for i, value in enumerate((0.8, 0.9)):
+        trial = stub(f"g{i}", cell)
+        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_result(None, trial, result(value, 1))
+    poor = stub("p", cell)
+    scheduler.on_trial_add(None, poor)
+    assert scheduler.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.STOP
+    bare = scheduler.per_cell[cell]
+    assert bare.on_trial_result(None, poor, result(0.1, 1)) == TrialScheduler.CONTINUE
+
+
 def test_patience_ends_a_trial_as_complete_not_pruned():
     searcher = make_searcher(trials=1, concurrent=2, max_epochs=6)
     searcher.suggest("patient")
@@ -217,3 +260,33 @@ def test_reconcile_after_resume_marks_lost_adopts_unknown_and_tells_finished(tmp
     assert (optuna.trial.TrialState.FAIL, True) in states
     adopted = restored.studies[CELLS[1].name].trials[-1]
     assert adopted.params == first["hparams"]
+
+
+def test_the_cached_tpe_suggests_exactly_what_optunas_own_does():
+    """ablate's TPE keeps each finished trial's converted parameters; its suggestions must be
+    Optuna's TPESampler's, trial for trial, with completed, pruned and failed trials mixed."""
+    import warnings
+
+    from ablate.tune_plugins import sample_params, tpe_sampler
+
+    space = load_search_space(DEFAULT_SEARCH_SPACE_DIR, "transformer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        plain = optuna.samplers.TPESampler(seed=5, n_startup_trials=4, multivariate=True)
+    runs = []
+    for sampler in (tpe_sampler(5, 4), plain):
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        drawn = []
+        for i in range(40):
+            trial = study.ask()
+            params = sample_params(trial, space.params)
+            drawn.append(params)
+            if i % 7 == 3:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif i % 5 == 2:
+                trial.report(params["learning_rate"], step=1)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, params["learning_rate"] * 100 - params["dropout"])
+        runs.append(drawn)
+    assert runs[0] == runs[1]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,22 +129,40 @@ def test_study_survives_a_tracking_server_restart(tmp_path):
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
 
     def start_server() -> subprocess.Popen:
-        server = subprocess.Popen(
-            [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", store, "--default-artifact-root", str(tmp_path / "art"),
-             "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(120):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return server
-            except OSError:
+        """A server that answers its health check; started again if it exits before that
+        (under load the killed one's socket can outlive ``wait``, and the bind then fails)."""
+        for _ in range(3):
+            server = subprocess.Popen(
+                [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", store, "--default-artifact-root", str(tmp_path / "art"),
+                 "--workers", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.time() + 120
+            while time.time() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=5) as answer:
+                        if answer.status == 200:
+                            return server
+                except OSError:
+                    pass
                 time.sleep(0.5)
+            stop_server(server)
         raise RuntimeError("mlflow server did not start")
 
     def stop_server(server: subprocess.Popen) -> None:
-        os.killpg(server.pid, signal.SIGKILL)
+        """Kill the server's whole process group and wait until nothing listens on its port."""
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         server.wait()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.5)
 
     spec = write_spec(
         tmp_path, name="outage",
@@ -220,3 +239,106 @@ def test_external_checkpoints_name_their_device_and_declared_price(tmp_path):
     assert run.data.tags[Tag.DEVICE_TYPE] == "cpu"
     assert Tag.DEVICE_NAME not in run.data.tags and Tag.PRICE_SOURCE not in run.data.tags
     assert MetricName.PRICE not in run.data.metrics  # priced by the study's table, later
+
+
+def test_every_experiment_opens_on_the_runs_table_of_mlflows_ui(tmp_path):
+    from mlflow import MlflowClient
+
+    from ablate.tracking.schema import EXPERIMENT_KIND
+    from ablate.tracking.writer import get_or_create_experiment
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    new = get_or_create_experiment(client, "new")
+    assert client.get_experiment(new).tags[Tag.EXPERIMENT_KIND] == EXPERIMENT_KIND
+    older = client.create_experiment("older")  # as ablate created them before the tag
+    assert Tag.EXPERIMENT_KIND not in client.get_experiment(older).tags
+    assert get_or_create_experiment(client, "older") == older
+    assert client.get_experiment(older).tags[Tag.EXPERIMENT_KIND] == EXPERIMENT_KIND
+    chosen = client.create_experiment("chosen", tags={Tag.EXPERIMENT_KIND: "finetuning"})
+    get_or_create_experiment(client, "chosen")
+    assert client.get_experiment(chosen).tags[Tag.EXPERIMENT_KIND] == "finetuning"  # kept
+
+
+def replicate_trial(trial_id: str, **result) -> SimpleNamespace:
+    config = TrialConfig(cell=CELL.name, hparams={"learning_rate": 0.01}, seed=3,
+                         stage="replicate", source_trial="t1", replicate=0).to_tune()
+    return SimpleNamespace(trial_id=trial_id, config=config,
+                           last_result={"training_iteration": 2, **result})
+
+
+def test_cell_runs_carry_their_best_score_test_score_and_cost_so_far(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("summary")
+    cell_runs = open_cell_runs(client, experiment, "summary", "summary-1", [CELL])
+    logger = MLflowTrialLogger(uri, experiment, "summary", "summary-1", plans(max_epochs=2),
+                               cell_runs)
+    logger.setup()
+
+    def trial(trial_id: str, results: list[dict], complete: SimpleNamespace) -> None:
+        logger.on_trial_start(0, [], complete)
+        for result in results:
+            logger.on_trial_result(0, [], complete, result)
+        complete.last_result = {**complete.last_result, **results[-1]}
+        logger.on_trial_complete(0, [], complete)
+
+    def summary() -> dict[str, float]:
+        return client.get_run(cell_runs[CELL.name]).data.metrics
+
+    cost = {"device_hours": 0.01, "price": 0.001}
+    trial("t1", [{"training_iteration": 1, "best_dev_score": 0.3, **cost},
+                 {"training_iteration": 2, "best_dev_score": 0.5, "device_hours": 0.02,
+                  "price": 0.002}], fake_trial("t1", epochs=2))
+    # Stopped early with a higher score: not a completed trial's, so not the cell's best.
+    trial("t2", [{"training_iteration": 1, "best_dev_score": 0.9, **cost}],
+          fake_trial("t2", epochs=1))
+    trial("t3", [{"training_iteration": 1, "best_dev_score": 0.95, "model_failure": 1,
+                  "failure": "nan_loss", **cost}], fake_trial("t3", epochs=1))
+    metrics = summary()
+    assert metrics[MetricName.BEST_DEV_SCORE] == pytest.approx(0.5)
+    assert metrics[MetricName.TRIALS_DONE] == 3
+    assert metrics[MetricName.CELL_DEVICE_HOURS] == pytest.approx(0.04)
+    assert metrics[MetricName.CELL_PRICE] == pytest.approx(0.004)
+    assert MetricName.TEST_SCORE not in metrics  # no replicate yet
+    trial("r1", [{"training_iteration": 2, "best_dev_score": 0.5, "test_score": 0.4, **cost}],
+          replicate_trial("r1"))
+    assert summary()[MetricName.TEST_SCORE] == pytest.approx(0.4)
+
+    # A resumed driver's logger starts empty and reads what the runs already hold.
+    resumed = MLflowTrialLogger(uri, experiment, "summary", "summary-1", plans(max_epochs=2),
+                                cell_runs)
+    resumed.setup()
+    logger = resumed
+    trial("r2", [{"training_iteration": 2, "model_failure": 1, "failure": "nan_loss", **cost}],
+          replicate_trial("r2"))
+    metrics = summary()
+    assert metrics[MetricName.TEST_SCORE] == pytest.approx(0.2)  # (0.4 + 0) / 2
+    assert metrics[MetricName.BEST_DEV_SCORE] == pytest.approx(0.5)
+    assert metrics[MetricName.TRIALS_DONE] == 3  # replicates are not search trials
+    assert metrics[MetricName.CELL_DEVICE_HOURS] == pytest.approx(0.06)
+    history = client.get_metric_history(cell_runs[CELL.name], MetricName.CELL_DEVICE_HOURS)
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.integration
+def test_a_tiny_study_leaves_its_summary_on_the_cell_runs():
+    from mlflow import MlflowClient
+
+    from ablate.tracking.schema import EXPERIMENT_KIND
+    from tests.tiny_study import tiny_study
+
+    study = tiny_study()
+    client = MlflowClient(study.tracking_uri)
+    experiment = client.get_experiment_by_name(study.name)
+    assert experiment.tags[Tag.EXPERIMENT_KIND] == EXPERIMENT_KIND
+    cells = client.search_runs(
+        [experiment.experiment_id],
+        f"{tag_filter(Tag.STAGE, Stage.CELL)} and {tag_filter(Tag.SWEEP, study.sweep)}")
+    assert len(cells) == study.cells
+    for cell in cells:
+        metrics = cell.data.metrics
+        assert metrics[MetricName.TRIALS_DONE] == 10
+        assert MetricName.BEST_DEV_SCORE in metrics and MetricName.TEST_SCORE in metrics
+        assert metrics[MetricName.CELL_DEVICE_HOURS] > 0

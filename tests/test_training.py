@@ -411,3 +411,24 @@ def test_a_model_too_large_for_its_device_fails_in_its_set_up(local_ray):
     assert MetricName.N_PARAMS not in failed  # it was never built
     assert MetricName.BEST_DEV_SCORE in failed  # Tune's searcher metric is in every result
     assert not ran_to_end(failed, 3)
+
+
+def test_a_trial_starts_alike_whatever_ran_before_it_in_its_process():
+    """Tune reuses a worker process for the next trial: a trial's initial weights (and the
+    dropout draws after them) depend on its seed alone, not on whether the process had to
+    measure its CPU peak first (it draws random matrices, once per process) or trained
+    another trial before it."""
+    import torch
+
+    from ablate import cost
+    from ablate.training import setup_trial
+
+    def start() -> list:
+        run = setup_trial(tiny_trial("trial", seed=6), tiny_plan("cnn"), tiny_arrays(), None)
+        return [p.detach().clone() for p in run.model.parameters()] + [torch.rand(4)]
+
+    cost._CPU_PEAKS.clear()  # as in a fresh process: the first set-up measures the peak
+    first = start()
+    torch.rand(1000)  # what an earlier trial leaves in the global generator
+    again = start()  # the peak is known now
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

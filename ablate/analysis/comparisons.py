@@ -135,6 +135,96 @@ def _finish(meta: list[dict], results: dict, refused_rows: list[dict], columns: 
     return out
 
 
+def _axis_pairs(reps: pd.DataFrame, refused: Mapping[str, str]):
+    """Each comparison along one axis, the other two held fixed: ``(name, row, reasons, a,
+    b, mine, theirs)`` with ``a`` and ``b`` its (task x seed) paired score tables, the tasks
+    of refused cells removed (``reasons``: task -> why)."""
+    usable = scored_replicates(reps)
+    families = dict(zip(usable["architecture"], usable["family"], strict=True))
+    for axis in AXES:
+        others = [a for a in AXES if a != axis]
+        for fixed, group in usable.groupby(others, sort=True):
+            values = sorted(group[axis].unique())
+            for treatment, baseline in _comparison_pairs(values, axis, families):
+                mine = group[group[axis] == treatment]
+                theirs = group[group[axis] == baseline]
+                fixed_text = ", ".join(f"{k}={v}" for k, v in zip(others, fixed, strict=True))
+                name = f"{axis}: {treatment} vs {baseline} ({fixed_text})"
+                reasons = _refusals(dict(zip(mine["task"], mine["cell"], strict=True)),
+                                    dict(zip(theirs["task"], theirs["cell"], strict=True)),
+                                    refused)
+                mine = mine[~mine["task"].isin(reasons)]
+                theirs = theirs[~theirs["task"].isin(reasons)]
+                a, b = _paired(
+                    mine.pivot_table(index="task", columns="seed", values="test_score"),
+                    theirs.pivot_table(index="task", columns="seed", values="test_score"))
+                row = {"comparison": name, "axis": axis, "treatment": treatment,
+                       "baseline": baseline, **dict(zip(others, fixed, strict=True)),
+                       "refused": " | ".join(f"{t}: {r}" for t, r in reasons.items())}
+                yield name, row, reasons, a, b, mine, theirs
+
+
+TASK_COLUMNS = ["comparison", "axis", "treatment", "baseline", "task", "mean_difference",
+                "ci_low", "ci_high", "seeds"]
+
+
+def _task_rows(a: pd.DataFrame, b: pd.DataFrame, head: dict[str, Any],
+               seed: int) -> list[dict[str, Any]]:
+    from ablate.stats import paired_comparison
+
+    rows = []
+    for task in a.index:
+        one_a, one_b = a.loc[[task]].to_numpy(), b.loc[[task]].to_numpy()
+        result = paired_comparison(one_a, one_b, seed=seed)
+        rows.append({**head, "task": task, "mean_difference": result.mean_difference,
+                     "ci_low": result.ci_low, "ci_high": result.ci_high,
+                     "seeds": int((~np.isnan(one_a - one_b)).sum())})
+    return rows
+
+
+def comparison_tasks(reps: pd.DataFrame, *, seed: int = 0,
+                     refused: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Each row of :func:`comparisons` task by task: the paired difference (treatment -
+    baseline, mean over the seeds both arms have) on each task it pools, with that task's
+    interval over its seeds (the same hierarchical bootstrap on one task; a point where the
+    task has one seed). The tasks and seeds are exactly those the comparison uses."""
+    rows = []
+    for name, row, _, a, b, _, _ in _axis_pairs(reps, refused or {}):
+        head = {"comparison": name, "axis": row["axis"], "treatment": row["treatment"],
+                "baseline": row["baseline"]}
+        rows += _task_rows(a, b, head, seed)
+    return pd.DataFrame(rows, columns=TASK_COLUMNS)
+
+
+def contrast_task_differences(reps: pd.DataFrame, cell_table: pd.DataFrame,
+                              patterns: Sequence[Contrast], *, seed: int = 0,
+                              refused: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Each row of :func:`contrasts` task by task, as :func:`comparison_tasks` does for the
+    single-axis comparisons (``baseline`` holds the control side)."""
+    refused = refused or {}
+    pairs = contrast_pairs(reps, cell_table, patterns)
+    usable = scored_replicates(reps)
+    if pairs.empty or usable.empty:
+        return pd.DataFrame(columns=TASK_COLUMNS)
+    scores = usable.pivot_table(index="cell", columns="seed", values="test_score")
+    rows = []
+    for (name, treatment, control), group in pairs.groupby(
+            ["contrast", "treatment", "control"], sort=False):
+        bad = group["treatment_cell"].isin(refused) | group["control_cell"].isin(refused)
+        group = group[~bad & group["treatment_cell"].isin(scores.index)
+                      & group["control_cell"].isin(scores.index)]
+        a = scores.loc[group["treatment_cell"]].set_axis(list(group["task"]), axis=0)
+        b = scores.loc[group["control_cell"]].set_axis(list(group["task"]), axis=0)
+        both = a.notna().to_numpy() & b.notna().to_numpy()
+        keep, seeds = both.any(axis=1), both.any(axis=0)
+        if group.empty or not keep.any():
+            continue
+        head = {"comparison": f"{name}: {treatment} vs {control}", "axis": name,
+                "treatment": treatment, "baseline": control}
+        rows += _task_rows(a.loc[keep, seeds], b.loc[keep, seeds], head, seed)
+    return pd.DataFrame(rows, columns=TASK_COLUMNS)
+
+
 def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05,
                 refused: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Paired comparisons along each axis, the other two axes held fixed, across tasks.
@@ -159,38 +249,16 @@ def comparisons(reps: pd.DataFrame, *, seed: int = 0, alpha: float = 0.05,
     """
     from ablate.stats import paired_comparison
 
-    refused = refused or {}
-    usable = scored_replicates(reps)
-    families = dict(zip(usable["architecture"], usable["family"], strict=True))
     results, meta, refused_rows = {}, [], []
-    for axis in AXES:
-        others = [a for a in AXES if a != axis]
-        for fixed, group in usable.groupby(others, sort=True):
-            values = sorted(group[axis].unique())
-            for treatment, baseline in _comparison_pairs(values, axis, families):
-                mine = group[group[axis] == treatment]
-                theirs = group[group[axis] == baseline]
-                fixed_text = ", ".join(f"{k}={v}" for k, v in zip(others, fixed, strict=True))
-                name = f"{axis}: {treatment} vs {baseline} ({fixed_text})"
-                reasons = _refusals(dict(zip(mine["task"], mine["cell"], strict=True)),
-                                    dict(zip(theirs["task"], theirs["cell"], strict=True)),
-                                    refused)
-                mine = mine[~mine["task"].isin(reasons)]
-                theirs = theirs[~theirs["task"].isin(reasons)]
-                a, b = _paired(
-                    mine.pivot_table(index="task", columns="seed", values="test_score"),
-                    theirs.pivot_table(index="task", columns="seed", values="test_score"))
-                row = {"comparison": name, "axis": axis, "treatment": treatment,
-                       "baseline": baseline, **dict(zip(others, fixed, strict=True)),
-                       "refused": " | ".join(f"{t}: {r}" for t, r in reasons.items())}
-                if a.empty:
-                    if reasons:
-                        meta.append(row)
-                        refused_rows.append(_refused_row(name, reasons))
-                    continue
-                results[name] = paired_comparison(a.to_numpy(), b.to_numpy(), seed=seed)
-                meta.append({**row, **_size_columns(_arm(mine, a.index, a.columns),
-                                                    _arm(theirs, a.index, a.columns))})
+    for name, row, reasons, a, b, mine, theirs in _axis_pairs(reps, refused or {}):
+        if a.empty:
+            if reasons:
+                meta.append(row)
+                refused_rows.append(_refused_row(name, reasons))
+            continue
+        results[name] = paired_comparison(a.to_numpy(), b.to_numpy(), seed=seed)
+        meta.append({**row, **_size_columns(_arm(mine, a.index, a.columns),
+                                            _arm(theirs, a.index, a.columns))})
     return _finish(meta, results, refused_rows,
                    ["comparison", "axis", "treatment", "baseline", *STAT_COLUMNS,
                     *SIZE_COLUMNS, "refused"], alpha)

@@ -7,19 +7,26 @@ reads one split with strict validation, reports which datasets and splits a fold
 checks a folder for dev/test rows found in other datasets' train splits and for
 composition-matched negatives (:func:`check_gue_dir`, behind ``ablate data check``).
 
-Every problem a user can fix (missing file, bad header, bad character, bad label...) raises
-:class:`~ablate.errors.AblateError` with the file, the line and the fix in its message.
+The loader (:func:`read_split`) takes a file as spreadsheet programs and Windows tools save it
+as the same data: a byte-order mark, UTF-16, CRLF or CR line ends, quotes, spaces around values,
+the header in any case, a semicolon or tab delimiter, lower-case bases. Every problem a user can
+fix (missing file, bad header, bad character, bad label, ragged row...) raises
+:class:`~ablate.errors.AblateError` with the file, the line and the fix in its message. A split
+is identified by the sha256 of its rows as read (:func:`rows_sha256`), which keys its shard sets,
+and by the sha256 of its bytes, which provenance records.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -136,20 +143,48 @@ class GUESplit:
         sequences: DNA sequences, upper case (letters ``ACGTN``).
         labels: Integer labels as an ``int64`` array, one per sequence.
         path: The file they were read from.
-        sha256: Hex digest of the file's bytes, to identify the exact data used.
+        sha256: Hex digest of the rows as read (:func:`rows_sha256`), not of the file's bytes:
+            the same rows saved with another encoding, line ending, quoting, delimiter or
+            letter case have the same digest. Shard sets and trained tokenizers are keyed by it.
+        file_sha256: Hex digest of the file's bytes, as provenance records it.
     """
 
     sequences: list[str]
     labels: np.ndarray
     path: Path
     sha256: str
+    file_sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.sequences)
 
 
-_VALID_SEQUENCE = re.compile(r"^[ACGTNacgtn]+$")
+def rows_sha256(sequences: list[str], labels: np.ndarray | list[int]) -> str:
+    """sha256 of rows written as the canonical GUE file: header ``sequence,label``, one
+    ``<SEQUENCE>,<label>`` line per row, LF line ends, no quotes, upper case.
+
+    A file already in that form (every file of the official release) has this digest as its
+    file sha256, so its shard sets keep the keys they had when the file's bytes were hashed.
+    """
+    labels = list(map(str, np.asarray(labels).tolist()))
+    lines = [",".join(HEADER), *map(",".join, zip(sequences, labels, strict=True)), ""]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+_DNA = "ACGTNacgtn"
+_VALID_SEQUENCE = re.compile(f"[{_DNA}]+")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+# Detected from the header line alone, in this order: a header holding a comma is read as
+# comma-separated, else one holding a semicolon (Excel in locales with a decimal comma), else
+# one holding a tab (Excel's "Unicode text" and "Text (tab delimited)").
+_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+# Excel reads (and some tools write) a first line "sep=;" naming the delimiter.
+_FIRST_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
+_SEP_LINE = re.compile(r"^sep=([^\r\n])\r?\n?$", re.IGNORECASE)
+_SAVE_AS_UTF8 = (
+    "save it as UTF-8 (Excel: 'CSV UTF-8 (Comma delimited)'; UTF-16 with a byte-order mark, "
+    "Excel's 'Unicode Text', is read too)"
+)
 
 
 def _fail(path: Path, line: int, problem: str, fix: str) -> AblateError:
@@ -157,11 +192,11 @@ def _fail(path: Path, line: int, problem: str, fix: str) -> AblateError:
 
 
 def _explain_bad_sequence(path: Path, line: int, sequence: str) -> AblateError:
-    """Build the error for a sequence that failed the fast regex check."""
+    """Build the error for a sequence that failed the fast check."""
     if not sequence:
         return _fail(path, line, "empty sequence", "give every row a DNA sequence")
     for column, char in enumerate(sequence, start=1):
-        if char not in "ACGTNacgtn":
+        if char not in _DNA:
             return _fail(
                 path,
                 line,
@@ -169,8 +204,15 @@ def _explain_bad_sequence(path: Path, line: int, sequence: str) -> AblateError:
                 "sequences may only contain A, C, G, T or N (any case); "
                 "replace or remove that character",
             )
-    # Not reachable: the regex only fails on empty input or a character outside ACGTN.
+    # Not reachable: the check only fails on empty input or a character outside ACGTN.
     return _fail(path, line, "invalid sequence", "use only the letters ACGTN")
+
+
+def _label_value(label: str, num_classes: int) -> int | None:
+    """The class index a label names ("1", "+1", "01"), or None when it names none."""
+    if _INTEGER.match(label) and 0 <= int(label) < num_classes:
+        return int(label)
+    return None
 
 
 def _explain_bad_label(path: Path, line: int, label: str, num_classes: int) -> AblateError:
@@ -186,14 +228,163 @@ def _explain_bad_label(path: Path, line: int, label: str, num_classes: int) -> A
     )
 
 
-def _decode(path: Path, data: bytes) -> str:
+def _line_at(text: str, position: int) -> int:
+    """1-based line of ``text[position]``, with LF, CRLF and lone CR line ends."""
+    head = text[:position]
+    return head.count("\n") + head.count("\r") - head.count("\r\n") + 1
+
+
+def _decode(path: Path, data: bytes, strict: bool = True) -> str:
+    """The file's text: UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark.
+
+    With ``strict``, undecodable bytes and NUL characters (UTF-16 without a byte-order mark)
+    raise AblateError naming the line; without it they are replaced.
+    """
+    encoding, start = "utf-8", 0
+    if data.startswith(codecs.BOM_UTF8):
+        start = len(codecs.BOM_UTF8)
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"  # reads the byte order from the mark and drops it
+    if not strict:
+        return data[start:].decode(encoding, errors="replace")
     try:
-        return data.decode("utf-8")
+        text = data[start:].decode(encoding)
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
+        before = data[start : start + err.start].decode(encoding, errors="replace")
+        name = "UTF-8" if encoding == "utf-8" else "UTF-16"
         raise _fail(
-            path, line, "the file is not valid UTF-8 text", "save it as plain UTF-8 (or ASCII)"
+            path, _line_at(before, len(before)), f"the file is not valid {name} text",
+            _SAVE_AS_UTF8,
         ) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise _fail(
+            path, _line_at(text, nul),
+            "the file holds NUL characters (UTF-16 or UTF-32 text without a byte-order mark?)",
+            _SAVE_AS_UTF8,
+        )
+    return text
+
+
+def _looks_like_row(fields: list[str]) -> bool:
+    return (len(fields) >= 2 and _VALID_SEQUENCE.fullmatch(fields[0]) is not None
+            and _INTEGER.match(fields[1]) is not None)
+
+
+class _Table:
+    """A split file's header and rows as Python's ``csv`` module parses them.
+
+    The delimiter is taken from the header line (a ``sep=X`` line before it, as Excel reads,
+    wins); fields may be double-quoted; LF, CRLF and lone CR line ends are all line ends.
+    ``offset`` is the number of lines before the header (1 after a ``sep=`` line).
+    """
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+        first = _FIRST_LINE.match(text)
+        sep = _SEP_LINE.match(first.group())
+        self.offset = 1 if sep else 0
+        header_line = _FIRST_LINE.match(text, first.end()).group() if sep else first.group()
+        if sep:
+            self.delimiter = sep.group(1)
+        else:
+            found = [d for d in _DELIMITERS if d in header_line]
+            self.delimiter = found[0] if found else ","
+        self.header = next(csv.reader([header_line], delimiter=self.delimiter,
+                                      skipinitialspace=True), [])
+        self.names = [name.strip().lower() for name in self.header]
+
+    @property
+    def header_line(self) -> int:
+        return self.offset + 1
+
+    def reader(self) -> Any:
+        """A reader positioned after the header; its ``line_num`` counts from the header."""
+        lines = io.StringIO(self.text, newline="")
+        for _ in range(self.offset):
+            next(lines, None)
+        reader = csv.reader(lines, delimiter=self.delimiter, skipinitialspace=True)
+        next(reader, None)
+        return reader
+
+    def check_header(self) -> tuple[int, int]:
+        """Column indices of sequence and label; AblateError when the header lacks one, names
+        one twice or holds another column."""
+        shown = self.delimiter.join(self.header)
+        fix = ("make the first line 'sequence,label' (any case; quotes and spaces around the "
+               "names are fine)")
+        twice = [n for n in HEADER if self.names.count(n) > 1]
+        if twice:
+            raise _fail(self.path, self.header_line,
+                        f"header {shown!r} names the column {twice[0]!r} twice", fix)
+        missing = [n for n in HEADER if n not in self.names]
+        unknown = [h.strip() for h, n in zip(self.header, self.names, strict=True)
+                   if n not in HEADER]
+        if missing and _looks_like_row([h.strip() for h in self.header]):
+            raise _fail(self.path, self.header_line,
+                        f"header missing: the line {shown!r} is a data row",
+                        "insert the line 'sequence,label' above it")
+        if missing or unknown:
+            parts = [f"no {n!r} column" for n in missing]
+            parts += [f"unknown column {n!r}" for n in unknown]
+            raise _fail(self.path, self.header_line,
+                        f"header is {shown!r}, expected 'sequence,label' ({', '.join(parts)})",
+                        fix)
+        return self.names.index("sequence"), self.names.index("label")
+
+    def rows(self) -> list[list[str]]:
+        """Every row after the header, trailing blank rows left out."""
+        reader = self.reader()
+        try:
+            rows = list(reader)
+        except csv.Error as err:
+            raise _fail(self.path, reader.line_num + self.offset,
+                        f"the line cannot be read as CSV ({err})",
+                        "check its quotes and delimiters; a field may hold at most "
+                        f"{csv.field_size_limit():,} characters") from None
+        while rows and not "".join(rows[-1]).strip():
+            rows.pop()
+        return rows
+
+    def raise_first_problem(self, columns: tuple[int, int], num_classes: int) -> None:
+        """Walk the rows with their line numbers and raise AblateError at the first bad one."""
+        reader = self.reader()
+        numbered = []
+        while True:
+            start = reader.line_num + 1 + self.offset
+            row = next(reader, None)
+            if row is None:
+                break
+            numbered.append((start, row))
+        while numbered and not "".join(numbered[-1][1]).strip():
+            numbered.pop()
+        name = _DELIMITERS.get(self.delimiter, repr(self.delimiter))
+        d = "<tab>" if self.delimiter == "\t" else self.delimiter
+        for line, row in numbered:
+            if any("\n" in f or "\r" in f for f in row):
+                raise _fail(self.path, line,
+                            "a double-quoted field starts on this line and runs over "
+                            "several lines (a quote is not closed, or holds a line break)",
+                            'close each quote on the line it opens: a quoted row reads '
+                            '"<sequence>","<label>"')
+            if [f.strip().lower() for f in row] == self.names:
+                raise _fail(self.path, line, "the header is repeated here",
+                            "remove this line (were two files joined?)")
+            if len(row) != len(HEADER):
+                raise _fail(
+                    self.path, line,
+                    f"row has {len(row)} fields, expected 2 (sequence{d}label)",
+                    f"write each row as '<sequence>{d}<label>' with no extra {name}s and no "
+                    "blank lines between rows",
+                )
+            sequence, label = row[columns[0]].strip(), row[columns[1]].strip()
+            if not _VALID_SEQUENCE.fullmatch(sequence):
+                raise _explain_bad_sequence(self.path, line, sequence)
+            if _label_value(label, num_classes) is None:
+                raise _explain_bad_label(self.path, line, label, num_classes)
+        # Not reachable: only called after the fast checks found a problem.
+        raise AblateError(f"{self.path}: cannot be read. Fix: write it as 'sequence,label' rows")
 
 
 def require_splits(root: str | Path, key: str, splits: tuple[str, ...]) -> None:
@@ -213,19 +404,27 @@ def require_splits(root: str | Path, key: str, splits: tuple[str, ...]) -> None:
 def read_split(root: str | Path, key: str, split: str) -> GUESplit:
     """Read and validate one split of a GUE dataset.
 
+    Reads what spreadsheet programs and Windows tools write as well as the original files: a
+    UTF-8 byte-order mark, UTF-16 with a byte-order mark, CRLF or CR line ends, no final line
+    end, trailing blank lines, double-quoted fields, spaces around values, a header in any case
+    or with spaces (``Sequence, Label``, in either order), and a semicolon or tab delimiter
+    (taken from the header line, or from a ``sep=`` line before it). Sequences are upper-cased.
+
     Args:
         root: Folder holding the GUE layout ``<root>/<group>/<dataset>/{train,dev,test}.csv``.
         key: Registry key ``"group/name"``.
         split: ``"train"``, ``"dev"`` or ``"test"``.
 
     Returns:
-        The sequences (upper-cased), their labels and the file's sha256.
+        The sequences (upper-cased), their labels, the rows' sha256 (:func:`rows_sha256`) and
+        the file's sha256.
 
     Raises:
-        AblateError: if the file is missing or empty, the header is not exactly
-            ``sequence,label``, a row does not have exactly two fields, a sequence has a
-            character outside ``ACGTN``, or a label is not an integer in ``[0, num_classes)``.
-            The message names the file and the line (the header is line 1).
+        AblateError: if the file is missing, empty or not UTF-8/UTF-16 text, the header lacks
+            a ``sequence`` or ``label`` column, names one twice or holds another one, a row
+            does not have exactly two fields, a sequence is empty or has a character outside
+            ``ACGTN``, or a label is not an integer in ``[0, num_classes)``. The message names
+            the file, the line (the header is line 1) and the fix.
     """
     dataset = get_dataset(key)
     path = split_path(root, key, split)
@@ -238,45 +437,45 @@ def read_split(root: str | Path, key: str, split: str) -> GUESplit:
     data = path.read_bytes()
     if not data:
         raise _fail(path, 1, "the file is empty", "write the header 'sequence,label' and rows")
-    reader = csv.reader(io.StringIO(_decode(path, data), newline=""))
+    table = _Table(path, _decode(path, data))
+    columns = table.check_header()
+    rows = table.rows()
+    if not rows:
+        raise _fail(path, table.header_line, "the file has a header but no rows",
+                    "add '<sequence>,<label>' rows")
 
-    header = next(reader, None)
-    if header != HEADER:
-        raise _fail(
-            path,
-            1,
-            f"header is {','.join(header or [])!r}, expected exactly 'sequence,label'",
-            "make the first line 'sequence,label'",
-        )
-
-    # Labels are looked up as strings; only an unknown string needs a closer look.
-    label_of = {str(c): c for c in range(dataset.num_classes)}
-    sequences: list[str] = []
-    labels: list[int] = []
-    for row in reader:
-        if len(row) != 2:
-            raise _fail(
-                path,
-                reader.line_num,
-                f"row has {len(row)} fields, expected 2 (sequence,label)",
-                "write each row as '<sequence>,<label>' with no extra commas or blank lines",
-            )
-        sequence, label = row
-        if not _VALID_SEQUENCE.match(sequence):
-            raise _explain_bad_sequence(path, reader.line_num, sequence)
-        value = label_of.get(label)
-        if value is None:
-            raise _explain_bad_label(path, reader.line_num, label, dataset.num_classes)
-        sequences.append(sequence.upper())
-        labels.append(value)
-
-    if not sequences:
-        raise _fail(path, 1, "the file has a header but no rows", "add '<sequence>,<label>' rows")
+    # Fast checks over whole columns; only a file that fails one is walked row by row, to
+    # name the first bad line.
+    sequences = labels = None
+    if set(map(len, rows)) == {len(HEADER)}:
+        sequences = list(map(itemgetter(columns[0]), rows))
+        # What is left after removing upper-case bases, then after removing lower-case ones.
+        upper_rest = "".join(sequences).encode("utf-8").translate(None, b"ACGTN")
+        rest = upper_rest.translate(None, b"acgtn")
+        if rest:  # spaces around the values, or a bad character
+            sequences = list(map(str.strip, sequences))
+            upper_rest = "".join(sequences).encode("utf-8").translate(None, b"ACGTN")
+            rest = upper_rest.translate(None, b"acgtn")
+        if rest or not all(sequences):
+            sequences = None
+        elif upper_rest:
+            sequences = [seq.upper() for seq in sequences]
+        label_of = {str(c): c for c in range(dataset.num_classes)}
+        texts = list(map(itemgetter(columns[1]), rows))
+        labels = list(map(label_of.get, texts))
+        if None in labels:
+            labels = [_label_value(t.strip(), dataset.num_classes) if v is None else v
+                      for t, v in zip(texts, labels, strict=True)]
+            if None in labels:
+                labels = None
+    if sequences is None or labels is None:
+        table.raise_first_problem(columns, dataset.num_classes)
     return GUESplit(
         sequences=sequences,
         labels=np.asarray(labels, dtype=np.int64),
         path=path,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=rows_sha256(sequences, labels),
+        file_sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -309,10 +508,14 @@ class DatasetStatus:
 
 
 def _count_rows(path: Path) -> int:
-    """Count data rows without parsing: lines after the header."""
-    data = path.read_bytes()
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    return max(lines - 1, 0)
+    """Count data rows without parsing: lines after the header (and after a ``sep=`` line),
+    with any line ends, trailing blank lines left out."""
+    text = _decode(path, path.read_bytes(), strict=False).rstrip(" \t\r\n,;")
+    if not text:
+        return 0
+    lines = text.count("\n") + text.count("\r") - text.count("\r\n") + 1
+    before_rows = 2 if _SEP_LINE.match(next(io.StringIO(text, newline=""))) else 1
+    return max(lines - before_rows, 0)
 
 
 def drop_sequences(split: GUESplit, exclude: set[str]) -> GUESplit:
@@ -323,6 +526,7 @@ def drop_sequences(split: GUESplit, exclude: set[str]) -> GUESplit:
         labels=split.labels[keep],
         path=split.path,
         sha256=split.sha256,
+        file_sha256=split.file_sha256,
     )
 
 

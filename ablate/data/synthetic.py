@@ -11,6 +11,12 @@ row counts. The data is random DNA, except that every class above 0 has its own 
   replaced by a random base with probability ``MOTIF_MUTATION``;
 - class-0 sequences are plain random DNA.
 
+The motif length and mutation rate are options, and with ``shared_motifs`` every dataset of one
+GUE group draws the same motifs (per number of classes), as related tasks share their signal:
+masked-LM pretraining on a sibling's train split then meets the motifs a task is labelled by.
+The demo study plants its effects that way (long, unmutated motifs, few labelled rows and a
+sibling corpus: see ``search_spaces/studies/demo.yaml``).
+
 A small CNN, transformer or even a logistic regression on k-mer counts learns that quickly, so a
 pipeline run on this data should reach an MCC clearly above 0. Output is deterministic: the same
 ``(scale, seed, tasks)`` gives byte-identical files, and each dataset's content depends only on
@@ -24,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +58,17 @@ def _rows(published: int, scale: float, num_classes: int) -> int:
     return max(round(published * scale), MIN_ROWS_PER_CLASS * num_classes)
 
 
-def _draw_motifs(rng: np.random.Generator, num_classes: int) -> np.ndarray:
+def _draw_motifs(rng: np.random.Generator, num_classes: int,
+                 length: int = MOTIF_LENGTH) -> np.ndarray:
     """One distinct random motif per class, as base indices (row 0, for class 0, is unused)."""
     while True:
-        motifs = rng.integers(0, 4, size=(num_classes, MOTIF_LENGTH), dtype=np.uint8)
+        motifs = rng.integers(0, 4, size=(num_classes, length), dtype=np.uint8)
         if len({m.tobytes() for m in motifs[1:]}) == num_classes - 1:
             return motifs
 
 
-def _make_split(rng: np.random.Generator, dataset: GUEDataset, motifs: np.ndarray, n: int) -> bytes:
+def _make_split(rng: np.random.Generator, dataset: GUEDataset, motifs: np.ndarray, n: int,
+                mutation: float = MOTIF_MUTATION) -> bytes:
     """The CSV bytes (header included) of one split with ``n`` rows."""
     length = dataset.length_bp
     # Classes as even as possible, in random order.
@@ -68,11 +77,12 @@ def _make_split(rng: np.random.Generator, dataset: GUEDataset, motifs: np.ndarra
 
     carriers = np.flatnonzero((labels > 0) & (rng.random(n) < MOTIF_PRESENCE))
     stretch = length // MOTIF_COPIES
-    offsets = np.arange(MOTIF_LENGTH)
+    motif_length = motifs.shape[1]
+    offsets = np.arange(motif_length)
     for copy in range(MOTIF_COPIES):
-        start = copy * stretch + rng.integers(0, stretch - MOTIF_LENGTH + 1, size=len(carriers))
+        start = copy * stretch + rng.integers(0, stretch - motif_length + 1, size=len(carriers))
         copies = motifs[labels[carriers]]
-        mutated = rng.random(copies.shape) < MOTIF_MUTATION
+        mutated = rng.random(copies.shape) < mutation
         copies[mutated] = rng.integers(0, 4, size=int(mutated.sum()), dtype=np.uint8)
         seqs[carriers[:, None], start[:, None] + offsets] = copies
 
@@ -85,17 +95,44 @@ def _make_split(rng: np.random.Generator, dataset: GUEDataset, motifs: np.ndarra
     return b"sequence,label\n" + lines.tobytes()
 
 
-def _write_dataset(out_dir: Path, dataset: GUEDataset, scale: float, seed: int) -> None:
+@dataclass(frozen=True)
+class Signal:
+    """What is planted: motif length, per-base mutation rate, motifs shared within a group."""
+
+    motif_length: int = MOTIF_LENGTH
+    mutation: float = MOTIF_MUTATION
+    shared_motifs: bool = False
+
+    def folder_suffix(self) -> str:
+        """Empty for the default signal (its folders keep their names), else what differs."""
+        parts = []
+        if self.motif_length != MOTIF_LENGTH:
+            parts.append(f"motif{self.motif_length}")
+        if self.mutation != MOTIF_MUTATION:
+            parts.append(f"mut{self.mutation:g}")
+        if self.shared_motifs:
+            parts.append("shared")
+        return "".join(f"-{p}" for p in parts)
+
+
+def _write_dataset(out_dir: Path, dataset: GUEDataset, scale: float, seed: int,
+                   signal: Signal = Signal()) -> None:
     """Write one dataset's three splits to a temp folder, then move it into place."""
     rng = _rng_for(seed, dataset.key)
-    motifs = _draw_motifs(rng, dataset.num_classes)
+    if signal.shared_motifs:
+        group_rng = _rng_for(seed, f"group:{dataset.group}:{dataset.num_classes}")
+        motifs = _draw_motifs(group_rng, dataset.num_classes, signal.motif_length)
+    else:
+        motifs = _draw_motifs(rng, dataset.num_classes, signal.motif_length)
     final = out_dir / dataset.group / dataset.name
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.", dir=final.parent))
     try:
         for split, published in zip(SPLITS, dataset.sizes, strict=True):
             n = _rows(published, scale, dataset.num_classes)
-            (staging / f"{split}.csv").write_bytes(_make_split(rng, dataset, motifs, n))
+            (staging / f"{split}.csv").write_bytes(
+                _make_split(rng, dataset, motifs, n, signal.mutation)
+            )
         if final.exists():
             # A folder cannot be renamed over a non-empty one: move the old one aside first.
             old = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.old.", dir=final.parent))
@@ -109,7 +146,7 @@ def _write_dataset(out_dir: Path, dataset: GUEDataset, scale: float, seed: int) 
             shutil.rmtree(staging)
 
 
-def _notes(scale: float, seed: int, keys: list[str]) -> str:
+def _notes(scale: float, seed: int, keys: list[str], signal: Signal = Signal()) -> str:
     return (
         "# Synthetic GUE-shaped data\n\n"
         "This folder was generated by `ablate` (`ablate.data.synthetic.write_synthetic_gue`). "
@@ -122,9 +159,11 @@ def _notes(scale: float, seed: int, keys: list[str]) -> str:
         "Layout and shapes follow the official release: `<group>/<dataset>/{train,dev,test}.csv`, "
         "header `sequence,label`, each dataset's sequence length and number of classes.\n\n"
         "Planted signal: sequences are uniform random A/C/G/T. Every class above 0 has its own "
-        f"random {MOTIF_LENGTH}-base motif; {MOTIF_PRESENCE:.0%} of its sequences carry "
-        f"{MOTIF_COPIES} copies of it, each base mutated with probability {MOTIF_MUTATION}. "
-        "Class 0 has no motif.\n"
+        f"random {signal.motif_length}-base motif; {MOTIF_PRESENCE:.0%} of its sequences carry "
+        f"{MOTIF_COPIES} copies of it, each base mutated with probability {signal.mutation}. "
+        "Class 0 has no motif."
+        + (" Datasets of one group share their motifs." if signal.shared_motifs else "")
+        + "\n"
     )
 
 
@@ -133,6 +172,7 @@ def write_synthetic_gue(
     scale: float = 0.05,
     seed: int = 0,
     tasks: list[str] | None = None,
+    signal: Signal = Signal(),
 ) -> Path:
     """Write synthetic GUE-shaped datasets with a planted signal.
 
@@ -143,6 +183,8 @@ def write_synthetic_gue(
             gets at least ``MIN_ROWS_PER_CLASS`` rows per class.
         seed: Non-negative integer; the same ``(scale, seed, tasks)`` gives identical bytes.
         tasks: Registry keys (``"group/name"``) to write; ``None`` writes all 28.
+        signal: The planted motifs' length and mutation rate, and whether a group's datasets
+            share them.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`. It also holds ``SYNTHETIC.md`` describing
@@ -161,6 +203,10 @@ def write_synthetic_gue(
         )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise AblateError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0 <= signal.mutation < 0.75:
+        raise AblateError(f"motif mutation must be in [0, 0.75), got {signal.mutation!r}")
+    if signal.motif_length < 1:
+        raise AblateError(f"motif length must be at least 1, got {signal.motif_length!r}")
     if tasks is None:
         keys = list(REGISTRY)
     else:
@@ -177,9 +223,16 @@ def write_synthetic_gue(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        _write_dataset(out, REGISTRY[key], float(scale), seed)
+        dataset = REGISTRY[key]
+        if signal.motif_length * MOTIF_COPIES > dataset.length_bp:
+            raise AblateError(
+                f"{key}: {MOTIF_COPIES} motifs of {signal.motif_length} bases do not fit its "
+                f"{dataset.length_bp}-base sequences"
+            )
+        _write_dataset(out, dataset, float(scale), seed, signal)
 
     notes_tmp = out / ".SYNTHETIC.md.tmp"
-    notes_tmp.write_text(_notes(float(scale), seed, keys), encoding="utf-8", newline="\n")
+    notes_tmp.write_text(_notes(float(scale), seed, keys, signal), encoding="utf-8",
+                         newline="\n")
     os.replace(notes_tmp, out / "SYNTHETIC.md")
     return out

@@ -17,10 +17,16 @@ if TYPE_CHECKING:
 # untyped trial configs, so a version-1 sweep can be reported but not resumed). Version 3 adds
 # the task-metric names (``MetricName.DEV_SCORE`` and friends); version 2 runs are read with MCC
 # as their score. Version 4 adds model failures (``Outcome.MODEL_FAILED``), cost in one unit
-# (``MetricName.PRICE``, checkpoint and lost seconds) and the sweep's provenance run.
+# (``MetricName.PRICE``, checkpoint and lost seconds) and the sweep's provenance run. The sweep
+# run's ``SPEC_FINGERPRINT``, ``BUDGET`` and ``SEARCH_STARTED`` tags came later within version 4:
+# readers take a sweep without them for one written before them (no fingerprint to check a
+# resume against; its search started if it has a trial run).
 SCHEMA_VERSION = 4
 
 PRETRAIN_EXPERIMENT = "ablate-pretraining"  # the experiment of every pretraining run
+# ``Tag.EXPERIMENT_KIND`` of every ablate experiment: MLflow's UI opens an experiment of this
+# kind on its runs table (one without a kind lands on the GenAI overview).
+EXPERIMENT_KIND = "custom_model_development"
 MODEL_ARTIFACT = "model"  # artifact path of a pretraining run's model folder
 
 
@@ -68,8 +74,14 @@ class Tag:
     DATA_FILES = "ablate.data_files"  # how many data files the digest covers
     SUGGESTIONS = "ablate.suggestions"  # configurations recorded at the sweep's end
     RESUMES = "ablate.resumes"  # times the sweep was resumed
+    # the sweep run: what identifies a sweep, set when it is opened (before Ray starts)
+    SPEC_FINGERPRINT = "ablate.spec_fingerprint"  # sha256 of what may not change on resume
+    BUDGET = "ablate.budget"  # JSON: {"cells": n, "trials_per_cell": t, "replicates": r}
+    SEARCH_STARTED = "ablate.search_started"  # when the search's Tuner first started fitting
     # MLflow's own
     PARENT_RUN = "mlflow.parentRunId"
+    # on every ablate experiment: what MLflow's UI opens it as (EXPERIMENT_KIND)
+    EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 class Stage:
@@ -141,6 +153,12 @@ class MetricName:
     WALL_SECONDS = "wall_seconds"  # compute time: set-up, epochs, evaluation (test included)
     CHECKPOINT_SECONDS = "checkpoint_seconds"  # saving and uploading checkpoints, charged apart
     LOST_SECONDS = "lost_seconds"  # work lost to a crash or kill and run again, charged too
+    RERUN_EPOCHS = "rerun_epochs"  # epochs reported, lost to a crash or kill, and trained again
+    # Each attempt of a trial (its start, or a restore from a checkpoint): when its set-up
+    # began, and the epoch and billed seconds of the checkpoint it restored (0: none).
+    ATTEMPT_STARTED = "attempt_started"
+    RESTORED_EPOCH = "restored_epoch"
+    RESTORED_BILLED_SECONDS = "restored_billed_seconds"
     TEST_SECONDS = "test_seconds"  # the one test evaluation of a replicate (inside wall_seconds)
     PRICE = "price"  # money charged for the run: device_hours x the matched price per hour
     ENERGY_KWH = "energy_kwh"
@@ -155,6 +173,13 @@ class MetricName:
     BF16_AUTOCAST = "bf16_autocast"
     FP16_AUTOCAST = "fp16_autocast"
     PEAK_GPU_MEMORY_GB = "peak_gpu_memory_gb"  # torch.cuda.max_memory_allocated; GPU runs only
+    # cell runs, updated as their trials end (step: how many of the cell's runs have ended).
+    # BEST_DEV_SCORE is the best completed search trial's, TEST_SCORE its replicates' mean
+    # (a model failure scores 0); the cost is every run of the cell so far, search and
+    # replicates, failures and lost work included.
+    TRIALS_DONE = "trials_done"  # search trials counted against the cell's budget
+    CELL_DEVICE_HOURS = "cell_device_hours"
+    CELL_PRICE = "cell_price"
 
 
 # String fields of a trial's results, recorded as tags rather than metrics.

@@ -31,6 +31,7 @@ from ablate.errors import AblateError
 from ablate.tracking.reader import find_runs, find_unfinished_pretraining
 from ablate.tracking.schema import (
     ENDED_BY_TRIAL,
+    EXPERIMENT_KIND,
     MODEL_ARTIFACT,
     PRETRAIN_EXPERIMENT,
     RESULT_TAGS,
@@ -84,12 +85,25 @@ def version_tag() -> dict[str, str]:
 
 
 def get_or_create_experiment(client: Any, name: str) -> str:
+    """The experiment ``name`` (created, or restored if deleted), declared a model-development
+    experiment (``Tag.EXPERIMENT_KIND``), so MLflow's UI opens it on its runs table. An
+    experiment that already has a kind keeps it."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={Tag.EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except MlflowException:
+            # Created meanwhile by another driver or thread (pretrainings run side by side).
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if not (experiment.tags or {}).get(Tag.EXPERIMENT_KIND):
+        client.set_experiment_tag(experiment.experiment_id, Tag.EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def open_cell_runs(
@@ -257,7 +271,11 @@ class MLflowTrialLogger(Callback):
     (``on_trial_recover`` before a retry, ``on_trial_error`` after the last), the time from its
     last result (or its start) to the failure is added to its cumulative ``lost_seconds``, and
     from then on the ``device_hours`` and ``price`` logged for it include the lost time on the
-    devices it reported (``device_count``), priced by the plan's price table.
+    devices it reported (``device_count``), priced by the plan's price table. When a new
+    attempt's first result arrives (a retry, or a resume after the driver stopped; told apart
+    by ``attempt_started``), what the earlier attempt had reported beyond the checkpoint the
+    new one restored (its billed seconds less ``restored_billed_seconds``) is lost too, and the
+    epochs it trains again are counted in ``rerun_epochs``.
     """
 
     def __init__(
@@ -286,7 +304,13 @@ class MLflowTrialLogger(Callback):
         self._logged_step: dict[str, int] = {}
         self._ended: set[str] = set()  # trial ids whose runs ended before a resume
         self._lost: dict[str, float] = {}  # trial id -> lost seconds charged (as written)
+        self._rerun: dict[str, float] = {}  # trial id -> epochs trained again (as written)
+        self._raw_billed: dict[str, float] = {}  # trial id -> billed seconds its last result had
+        self._attempt: dict[str, float] = {}  # trial id -> attempt_started of its last result
         self._last_seen: dict[str, float] = {}  # trial id -> time of its last result or failure
+        # cell -> trial id -> what its cell run's summary is made of (``_log_cell``)
+        self._cell_trials: dict[str, dict[str, dict[str, Any]]] = {}
+        self._seeded = False  # whether ``_cell_trials`` holds the runs written before
         self._client = None
 
     @property
@@ -302,6 +326,12 @@ class MLflowTrialLogger(Callback):
     def setup(self, **info: Any) -> None:
         # A restored driver's clock of an earlier session would charge its downtime.
         self._last_seen.clear()
+        if not self.__dict__.get("_seeded"):
+            with_retry(
+                self._seed_cells,
+                limit_seconds=self.retry_seconds,
+                what="reading the sweep's trial runs",
+            )
         self.load_spool()
 
     def load_spool(self) -> None:
@@ -316,6 +346,14 @@ class MLflowTrialLogger(Callback):
         self.flush()
 
     def flush(self) -> None:
+        start = time.perf_counter()
+        try:
+            self._flush()
+        finally:
+            # the driver's time in MLflow writes: on Tune's event loop, between trials' events
+            self.write_seconds = getattr(self, "write_seconds", 0.0) + time.perf_counter() - start
+
+    def _flush(self) -> None:
         try:
             while self._pending:
                 op = self._pending[0]
@@ -350,6 +388,7 @@ class MLflowTrialLogger(Callback):
             return
         if op["op"] == "metrics":
             step = op["step"]
+            self._charge_rerun(run_id, trial_id, op)
             if step <= self._logged_step.get(trial_id, 0):
                 return
             values = self._with_lost(trial_id, op["metrics"], op.get("device"))
@@ -357,6 +396,7 @@ class MLflowTrialLogger(Callback):
             tags = [RunTag(k, v) for k, v in op["tags"].items()]
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
             self._logged_step[trial_id] = step
+            self._note(op, values)
         elif op["op"] == "charge":
             # Lost work: charged at the trial's latest step, so its latest figures include it.
             self._lost[trial_id] = self._lost.get(trial_id, 0.0) + op["seconds"]
@@ -365,12 +405,128 @@ class MLflowTrialLogger(Callback):
             self.client.log_batch(
                 run_id, metrics=[Metric(k, v, op["time"], step) for k, v in values.items()]
             )
+            self._note(op, values)
         elif op["op"] == "retry":
             self.client.set_tag(run_id, Tag.RETRIES, str(op["retries"]))
         elif op["op"] == "end":
             tags = {Tag.OUTCOME: op["outcome"], **op.get("end_tags", {})}
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.client.set_terminated(run_id, status=op["status"])
+            self._note(op, {}, outcome=op["outcome"])
+            self._log_cell(op["cell"])
+
+    def _charge_rerun(self, run_id: str, trial_id: str, op: dict) -> None:
+        """On a new attempt's first result, charge what the attempt before it had reported
+        beyond the checkpoint this one restored (see the class docstring)."""
+        from mlflow.entities import Metric
+
+        metrics = op["metrics"]
+        attempt = metrics.get(MetricName.ATTEMPT_STARTED)
+        if attempt is None:
+            return
+        earlier = self._raw_billed.get(trial_id)
+        new_attempt = self._attempt.get(trial_id) != attempt
+        self._attempt[trial_id] = attempt
+        if BILLED_SECONDS in metrics:
+            self._raw_billed[trial_id] = metrics[BILLED_SECONDS]
+        if earlier is None or not new_attempt:
+            return
+        seconds = max(earlier - metrics.get(MetricName.RESTORED_BILLED_SECONDS, 0.0), 0.0)
+        epochs = max(
+            self._logged_step.get(trial_id, 0) - metrics.get(MetricName.RESTORED_EPOCH, 0.0), 0.0
+        )
+        if seconds <= 0 and epochs <= 0:
+            return
+        self._lost[trial_id] = self._lost.get(trial_id, 0.0) + seconds
+        self._rerun[trial_id] = self._rerun.get(trial_id, 0.0) + epochs
+        cost = {k: v for k, v in metrics.items()
+                if k in (MetricName.DEVICE_HOURS, MetricName.PRICE, BILLED_SECONDS)}
+        values = {**self._with_lost(trial_id, cost, op.get("device")),
+                  MetricName.LOST_SECONDS: self._lost[trial_id],
+                  MetricName.RERUN_EPOCHS: self._rerun[trial_id]}
+        step = self._logged_step.get(trial_id, 0)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, v, op["time"], step) for k, v in values.items()]
+        )
+        self._note(op, values)
+
+    # --- the cell runs' summary ----------------------------------------------------------------
+
+    def _entry(self, cell: str, trial_id: str, stage: str) -> dict[str, Any]:
+        cells = self.__dict__.setdefault("_cell_trials", {})
+        return cells.setdefault(cell, {}).setdefault(
+            trial_id,
+            {"stage": stage, "outcome": None, "best": None, "test": None, "hours": 0.0,
+             "price": None},
+        )
+
+    def _note(self, op: dict, values: dict[str, float], outcome: str | None = None) -> None:
+        """Remember a trial's latest scores and cost (as logged) and how it ended."""
+        entry = self._entry(op["cell"], op["trial_id"], op["stage"])
+        for key, field in ((MetricName.BEST_DEV_SCORE, "best"), (MetricName.TEST_SCORE, "test"),
+                           (MetricName.DEVICE_HOURS, "hours"), (MetricName.PRICE, "price")):
+            if key in values:
+                entry[field] = float(values[key])
+        if outcome is not None:
+            entry["outcome"] = outcome
+
+    def _seed_cells(self) -> None:
+        """What the sweep's trial and replicate runs already hold (written by an earlier
+        driver, or an earlier experiment of this one): one search per stage, at setup."""
+        for stage in (Stage.TRIAL, Stage.REPLICATE):
+            for run in find_runs(
+                self.client,
+                self.experiment_id,
+                f"{tag_filter(Tag.SWEEP, self.sweep)} and {tag_filter(Tag.STAGE, stage)}",
+            ):
+                tags = run.data.tags
+                if tags.get(Tag.CELL) not in self.cell_runs or not tags.get(Tag.TRIAL_ID):
+                    continue
+                op = {"cell": tags[Tag.CELL], "trial_id": tags[Tag.TRIAL_ID], "stage": stage}
+                self._note(op, dict(run.data.metrics), outcome=tags.get(Tag.OUTCOME))
+        self._seeded = True
+
+    def cell_summary(self, cell: str) -> dict[str, float]:
+        """A cell run's summary metrics now: ``MetricName.TRIALS_DONE``, ``BEST_DEV_SCORE``
+        (its best completed search trial's), ``TEST_SCORE`` (its replicates' mean, a model
+        failure scoring 0, an infrastructure failure left out) and its cost so far
+        (``CELL_DEVICE_HOURS``, ``CELL_PRICE``: every run of the cell, failed and lost ones
+        included), as far as they exist."""
+        entries = list(self.__dict__.get("_cell_trials", {}).get(cell, {}).values())
+        search = [e for e in entries if e["stage"] == Stage.TRIAL]
+        summary: dict[str, float] = {
+            MetricName.TRIALS_DONE: float(sum(e["outcome"] in ENDED_BY_TRIAL for e in search)),
+            MetricName.CELL_DEVICE_HOURS: sum(e["hours"] for e in entries),
+        }
+        best = [e["best"] for e in search
+                if e["outcome"] == Outcome.COMPLETED and e["best"] is not None]
+        if best:
+            summary[MetricName.BEST_DEV_SCORE] = max(best)
+        tested = [0.0 if e["outcome"] == Outcome.MODEL_FAILED else e["test"]
+                  for e in entries if e["stage"] == Stage.REPLICATE
+                  and e["outcome"] in (Outcome.COMPLETED, Outcome.MODEL_FAILED)]
+        tested = [t for t in tested if t is not None]
+        if tested:
+            summary[MetricName.TEST_SCORE] = sum(tested) / len(tested)
+        prices = [e["price"] for e in entries if e["price"] is not None]
+        if prices:
+            summary[MetricName.CELL_PRICE] = sum(prices)
+        return summary
+
+    def _log_cell(self, cell: str) -> None:
+        """Update a cell run's summary (one ``log_batch``), at the step of how many of its
+        runs have ended."""
+        from mlflow.entities import Metric
+
+        if cell not in self.cell_runs:
+            return
+        entries = self.__dict__.get("_cell_trials", {}).get(cell, {}).values()
+        step = sum(e["outcome"] is not None for e in entries)
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.cell_runs[cell],
+            metrics=[Metric(k, float(v), now, step) for k, v in self.cell_summary(cell).items()],
+        )
 
     def _with_lost(
         self, trial_id: str, metrics: dict[str, float], device: dict[str, Any] | None
@@ -429,7 +585,11 @@ class MLflowTrialLogger(Callback):
             history = self.client.get_metric_history(run_id, MetricName.DEV_MCC)
             self._logged_step[trial_id] = max((m.step for m in history), default=0)
             # ... and the lost time charged before goes on being charged.
-            self._lost[trial_id] = float(found[0].data.metrics.get(MetricName.LOST_SECONDS, 0.0))
+            logged = found[0].data.metrics
+            self._lost[trial_id] = float(logged.get(MetricName.LOST_SECONDS, 0.0))
+            self._rerun[trial_id] = float(logged.get(MetricName.RERUN_EPOCHS, 0.0))
+            if BILLED_SECONDS in logged:  # as its attempt reported it, before lost time
+                self._raw_billed[trial_id] = logged[BILLED_SECONDS] - self._lost[trial_id]
         else:
             from mlflow.entities import Param, RunTag
 
@@ -620,8 +780,9 @@ class MLflowTrialLogger(Callback):
             )
 
     def __getstate__(self) -> dict:
-        # The MLflow client holds a database engine: never pickle it.
-        return {**self.__dict__, "_client": None}
+        # The MLflow client holds a database engine: never pickle it. A restored copy reads
+        # the runs written since (``_seed_cells``) when Tune sets it up.
+        return {**self.__dict__, "_client": None, "_seeded": False}
 
 
 def trial_params(plan: CellPlan, config: TrialConfig) -> dict[str, Any]:
