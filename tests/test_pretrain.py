@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -99,9 +100,10 @@ def pretrain_spec(folder: Path, gue: Path, **overrides) -> Path:
 
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ablate.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_pretraining_lowers_masked_lm_loss_and_is_reused(tmp_path, real_gue):
@@ -152,8 +154,11 @@ def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
 
     spec = pretrain_spec(tmp_path, real_gue, max_steps=400, checkpoint_every=10,
                          learning_rate=1e-3)
+    # Streamed through Ray Data (the path of corpora too large to hand over whole); the test
+    # above hands its corpus over whole.
+    env = {**os.environ, "ABLATE_CORPUS_IN_MEMORY_MB": "0"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "ablate.cli", "pretrain", str(spec)], cwd=tmp_path,
+        [sys.executable, "-m", "ablate.cli", "pretrain", str(spec)], cwd=tmp_path, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     results = tmp_path / ".ablate" / "ray_results"
@@ -177,7 +182,7 @@ def test_pretraining_resumes_after_the_driver_is_killed(tmp_path, real_gue):
     assert first_attempt > 0
     assert killed.data.metrics[MetricName.DEVICE_HOURS] > 0
 
-    resumed = run_cli(["pretrain", str(spec)], cwd=tmp_path)
+    resumed = run_cli(["pretrain", str(spec)], cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     (run,) = client.search_runs([experiment.experiment_id])  # one run, resumed
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
@@ -260,3 +265,31 @@ def test_a_worker_cuts_fetched_blocks_into_the_batches_ray_data_would_give(
     assert ids.dtype == torch.int64
     assert cut[0][0][0, :3].tolist() == rows[0][:3]  # the stream's own first row first
     assert state["data_wait_seconds"] > 0
+
+    # A corpus handed over whole gives one worker the same batches as streaming it, and two
+    # workers the alternate rows of it, each cut alone.
+    from ablate.pretrain import _MemoryCorpus
+
+    whole = split_arrays(pa.table({"input_ids": rows}), 3, width)
+    alone = list(_MemoryCorpus(whole, 0, 1, batch_size))
+    assert len(alone) == len(cut)
+    for (ids, mask), (want_ids, want_mask) in zip(alone, cut, strict=True):
+        assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+    second = list(_MemoryCorpus(whole, 1, 2, batch_size))
+    assert len(second) == 500 // batch_size
+    assert second[0][0][0, :3].tolist() == rows[1][:3]
+    assert second[1][0][0, :3].tolist() == rows[1 + 2 * batch_size][:3]
+
+
+def test_a_small_corpus_goes_whole_and_a_large_one_streams(monkeypatch):
+    from ablate.pretrain import CORPUS_IN_MEMORY_MB, corpus_in_memory
+    from ablate.shards import ShardManifest
+
+    rows = CORPUS_IN_MEMORY_MB * 2**20 // (8 * 128)  # exactly the limit at 128 tokens
+    fields = {"source": "corpus", "source_sha256": "0" * 64, "tokenizer_hash": "0" * 16,
+              "length_bp": 128, "max_tokens": 128, "files": ("part-00000.parquet",)}
+    small = ShardManifest(num_rows=rows, **fields)
+    large = ShardManifest(num_rows=rows + 1, **fields)
+    assert corpus_in_memory(small) and not corpus_in_memory(large)
+    monkeypatch.setenv("ABLATE_CORPUS_IN_MEMORY_MB", "0")
+    assert not corpus_in_memory(small)
