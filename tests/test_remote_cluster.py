@@ -103,6 +103,9 @@ def test_study_runs_on_a_node_that_cannot_see_the_driver_files(masked_cluster):
                                   "workers": 1}},
     )
     log_path = study / "run.log"
+    # A corpus this small would go to the worker whole through the object store; streaming it
+    # is the path that needs the study's storage, so that is the one this cluster tests.
+    env = {**env, "ABLATE_CORPUS_IN_MEMORY_MB": "0"}
     with open(log_path, "w") as log:
         run = subprocess.run([sys.executable, "-m", "ablate.cli", "run", str(spec),
                               "--address", address, "--storage", storage], cwd=study, env=env,
