@@ -973,6 +973,26 @@ def _replicate(
     return len(configs)
 
 
+# Up to this many trials a sweep snapshots its experiment state every second.
+SNAPSHOT_EVERY_SECOND_UP_TO = 1000
+# A period the user set before ablate started; each study otherwise sets its own.
+_USER_SNAPSHOT_PERIOD = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+
+
+def snapshot_period(trials: int) -> str:
+    """Tune's experiment-state snapshot period (``TUNE_GLOBAL_CHECKPOINT_S``) for ``trials``.
+
+    Every second while a sweep is small, so a killed driver loses at most a second of trial
+    starts and ends. A snapshot writes every trial Tune holds and the searcher's pickle of every
+    cell's study, so its cost grows with the sweep (about 0.2 s at 1,000 trials on 2 cores,
+    ``bench/README.md``) and at a fixed period the driver's share grows without bound. Past
+    ``SNAPSHOT_EVERY_SECOND_UP_TO`` trials Tune's own "auto" period takes over: at least 10 s,
+    19 times the last snapshot's time, so snapshots take at most a twentieth of the driver.
+    A trial's own checkpoints still force a snapshot either way, so resume stays consistent.
+    """
+    return "1" if trials <= SNAPSHOT_EVERY_SECOND_UP_TO else "auto"
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -1031,13 +1051,14 @@ def run_study(
     prepared = prepare_study(spec, gue_dir, progress)
     sweep = open_sweep(spec, prepared, tracking_uri, resume, progress, target=target)
     storage_path = _storage_path(spec, storage)
-    # Tune snapshots the experiment state every second (its default: at least every 10 s), so
-    # a killed driver loses little, and after every second checkpoint of a trial
-    # (``num_to_keep=2``), so ``budget.checkpoint_every`` sets that rate too;
-    # TUNE_GLOBAL_CHECKPOINT_S overrides the period. A local snapshot is a file copy of
-    # milliseconds, and Tune's warning that snapshots come often is noise there; to remote
+    # Tune snapshots the experiment state after every second checkpoint of a trial
+    # (``num_to_keep=2``), so ``budget.checkpoint_every`` sets that rate, and on a period
+    # (``snapshot_period``); TUNE_GLOBAL_CHECKPOINT_S overrides the period. A local snapshot
+    # is a file copy, and Tune's warning that snapshots come often is noise there; to remote
     # storage each one is an upload, and the warning stays.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = _USER_SNAPSHOT_PERIOD or snapshot_period(
+        len(prepared.cells) * spec.budget.trials_per_cell
+    )
     from ablate.storage import is_remote
 
     if not is_remote(storage_path):

@@ -6,7 +6,8 @@ once. A driver-side Tune callback stamps every trial's start and completion; eac
 waited for a free slot is paired with the earliest unpaired completion before it, and the gap
 between the two (a "hand-off") is the driver's scheduling time for that trial: the searcher's
 ask, the scheduler, Tune's bookkeeping, the actor's reset, and Tune's experiment-state
-snapshots (every second, ``TUNE_GLOBAL_CHECKPOINT_S=1``, as ``run_study`` sets it). Ray is
+snapshots (on the period ``run_study`` sets, ``ablate.study.snapshot_period``: every second up
+to 1,000 trials, Tune's "auto" past that). Ray is
 started once, before the first study, and not counted. Trials take 1 CPU each,
 ``--concurrent`` (2) at a time, over ``--cells`` (2) cells.
 
@@ -144,8 +145,11 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
                 self.save_seconds += time.perf_counter() - start
                 self.saves += 1
 
+    from ablate.study import snapshot_period
+
     cells, spaces = cells_and_spaces(cells_count)
     per_cell = max(1, math.ceil(trials / cells_count))
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period(per_cell * cells_count)  # as run_study
     TRIALS_SEEN.clear()
     searcher = TimedSearcher(cells, spaces, trials_per_cell=per_cell, max_epochs=1,
                              max_concurrent=concurrent, seed=0)
@@ -194,7 +198,6 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 def measure(args: argparse.Namespace, result: Result) -> None:
     import ray
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # as run_study sets it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     began = time.perf_counter()
     sizes = sorted(args.sizes)

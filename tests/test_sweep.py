@@ -290,3 +290,18 @@ def test_the_cached_tpe_suggests_exactly_what_optunas_own_does():
                 study.tell(trial, params["learning_rate"] * 100 - params["dropout"])
         runs.append(drawn)
     assert runs[0] == runs[1]
+
+
+def test_snapshot_period_is_every_second_for_small_sweeps_and_tunes_auto_past_that():
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from ablate.study import SNAPSHOT_EVERY_SECOND_UP_TO, snapshot_period
+
+    for trials, auto in ((1, False), (SNAPSHOT_EVERY_SECOND_UP_TO, False),
+                         (SNAPSHOT_EVERY_SECOND_UP_TO + 1, True), (10_000, True)):
+        period = snapshot_period(trials)
+        # The value means to this Ray what the rule says: a fixed second, or Tune's adaptive one.
+        manager = _ExperimentCheckpointManager(storage=None, checkpoint_period=period)
+        assert manager.auto_checkpoint_enabled is auto, trials
+        if not auto:
+            assert manager._checkpoint_period == 1.0
