@@ -525,9 +525,10 @@ def test_compose_server_uses_postgres_and_s3_with_secrets_from_env(mlflow_server
 HOSTS = ["gpu-a01", "gpu-a02"]
 HEAD_IP = "10.0.0.1"
 PORT = "6390"
-# Every stub appends one line to $STUB_LOG: its name and its arguments, tab-separated.
-LOG_CALL = 'printf "%s" "$(basename "$0")" >> "$STUB_LOG"; printf "\\t%s" "$@" >> "$STUB_LOG"\n' \
-           'echo >> "$STUB_LOG"\n'
+# Every stub appends one line to $STUB_LOG: its name and its arguments, tab-separated, in one
+# write, so that stubs running at once (the head's srun in the background) never interleave.
+LOG_CALL = 'line=$(basename "$0"); for arg in "$@"; do line+=$\'\\t\'"$arg"; done\n' \
+           'printf "%s\\n" "$line" >> "$STUB_LOG"\n'
 STUBS = {
     # Runs the step's command here, after dropping srun's own options.
     "srun": """
