@@ -993,6 +993,11 @@ def snapshot_period(trials: int) -> str:
     return "1" if trials <= SNAPSHOT_EVERY_SECOND_UP_TO else "auto"
 
 
+def set_snapshot_period(trials: int) -> None:
+    """Sets the period for the next Tuner over ``trials`` trials, unless the user set one."""
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = _USER_SNAPSHOT_PERIOD or snapshot_period(trials)
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -1056,9 +1061,7 @@ def run_study(
     # (``snapshot_period``); TUNE_GLOBAL_CHECKPOINT_S overrides the period. A local snapshot
     # is a file copy, and Tune's warning that snapshots come often is noise there; to remote
     # storage each one is an upload, and the warning stays.
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = _USER_SNAPSHOT_PERIOD or snapshot_period(
-        len(prepared.cells) * spec.budget.trials_per_cell
-    )
+    set_snapshot_period(len(prepared.cells) * spec.budget.trials_per_cell)
     from ablate.storage import is_remote
 
     if not is_remote(storage_path):

@@ -145,11 +145,11 @@ def fit(trials: int, cells_count: int, concurrent: int, storage: str, reuse: boo
                 self.save_seconds += time.perf_counter() - start
                 self.saves += 1
 
-    from ablate.study import snapshot_period
+    from ablate.study import set_snapshot_period
 
     cells, spaces = cells_and_spaces(cells_count)
     per_cell = max(1, math.ceil(trials / cells_count))
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period(per_cell * cells_count)  # as run_study
+    set_snapshot_period(per_cell * cells_count)  # as run_study does
     TRIALS_SEEN.clear()
     searcher = TimedSearcher(cells, spaces, trials_per_cell=per_cell, max_epochs=1,
                              max_concurrent=concurrent, seed=0)

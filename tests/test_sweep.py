@@ -1,5 +1,7 @@
 """The searcher and scheduler that keep cells level and independent, driven directly."""
 
+import os
+
 import optuna
 import pytest
 from ray.tune.experiment import Trial
@@ -305,3 +307,15 @@ def test_snapshot_period_is_every_second_for_small_sweeps_and_tunes_auto_past_th
         assert manager.auto_checkpoint_enabled is auto, trials
         if not auto:
             assert manager._checkpoint_period == 1.0
+
+
+def test_a_period_the_user_set_wins_over_the_rule(monkeypatch):
+    import ablate.study as study
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    monkeypatch.setattr(study, "_USER_SNAPSHOT_PERIOD", None)
+    study.set_snapshot_period(10_000)  # a large sweep after a small one in the same process
+    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "auto"
+    monkeypatch.setattr(study, "_USER_SNAPSHOT_PERIOD", "7")
+    study.set_snapshot_period(10_000)
+    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "7"
